@@ -1,0 +1,54 @@
+# lambdaflow — the two commands are `make run` and `make test`; everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export PYTHONPATH := $(abspath .)
+
+.PHONY: venv run test test-fast bench lint format lock compose-check clean
+
+venv: $(STAMP)
+
+# uv resolves and installs the ~230 pinned packages in well under a minute; pip is only used to fetch uv.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@touch $(STAMP)
+
+run: venv
+	$(BIN)/lambdaflow up
+
+test: venv
+	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not integration"
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: venv
+	@echo '# Full lock of the environment made from requirements.txt (`make lock` regenerates it).' > constraints.txt
+	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable >> constraints.txt
+
+# Validates docker-compose.yaml with Debian's docker-compose (no Docker engine is needed for `config`).
+compose-check:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+	docker-compose -f docker-compose.yaml config --quiet && echo "docker-compose.yaml is valid"
+
+clean:
+	rm -rf .lambdaflow .pytest_cache

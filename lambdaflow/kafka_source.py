@@ -1,0 +1,288 @@
+"""A Kafka source for Spark Structured Streaming, written with PySpark 4's Python Data Source API.
+
+No Spark-Kafka connector jar can be installed here, so this reads with kafka-python. It follows the built-in
+connector's conventions: `format("lambdaflow_kafka")`, options `subscribe`, `startingOffsets`
+(`earliest`/`latest`), `maxOffsetsPerTrigger`, and `kafka.*` client settings (`kafka.bootstrap.servers`,
+`kafka.security.protocol`, `kafka.sasl.mechanism`, …), and the same columns: topic, partition, offset,
+timestamp, key, value.
+
+Offsets are `{"<topic>:<partition>": next_offset}`; each micro-batch has one input partition per Kafka
+partition with new data, so a replayed batch reads exactly the same records. End offsets come from a Fetch
+response's high watermark, not ListOffsets: correct on Apache Kafka, and on Tansu, whose ListOffsets(LATEST)
+answers the base offset of the last record batch + 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from kafka import KafkaConsumer, TopicPartition
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
+
+FORMAT = "lambdaflow_kafka"
+SCHEMA = "topic string, partition int, offset long, timestamp timestamp, key binary, value binary"
+ARROW_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+    ]
+)
+ARROW_BATCH_ROWS = 20_000
+READ_TIMEOUT_S = 120.0
+
+# kafka-python settings that may be passed as `kafka.<dotted.name>` options, with their types.
+_CLIENT_SETTINGS: dict[str, type] = {
+    "bootstrap_servers": str,
+    "security_protocol": str,
+    "sasl_mechanism": str,
+    "sasl_plain_username": str,
+    "sasl_plain_password": str,
+    "ssl_cafile": str,
+    "client_id": str,
+    "request_timeout_ms": int,
+    "fetch_max_bytes": int,
+    "max_partition_fetch_bytes": int,
+}
+
+
+def client_config(options: Mapping[str, str]) -> dict[str, Any]:
+    """kafka-python keyword arguments from the source's `kafka.*` options (keys are case-insensitive)."""
+    config: dict[str, Any] = {}
+    for key, value in options.items():
+        key = key.lower()
+        if not key.startswith("kafka."):
+            continue
+        name = key.removeprefix("kafka.").replace(".", "_")
+        if name not in _CLIENT_SETTINGS:
+            raise ValueError(f"unsupported Kafka client option {key!r}; supported: {sorted(_CLIENT_SETTINGS)}")
+        config[name] = _CLIENT_SETTINGS[name](value)
+    if "bootstrap_servers" not in config:
+        raise ValueError("option 'kafka.bootstrap.servers' is required")
+    return config
+
+
+def _consumer(config: dict[str, Any], **overrides: Any) -> KafkaConsumer:
+    settings = {
+        "enable_auto_commit": False,
+        "group_id": None,
+        "fetch_max_wait_ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "max_poll_records": 50_000,
+        **config,
+        **overrides,
+    }
+    return KafkaConsumer(**settings)
+
+
+def offset_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def parse_offset_key(key: str) -> TopicPartition:
+    topic, _, partition = key.rpartition(":")
+    return TopicPartition(topic, int(partition))
+
+
+class EndOffsetProbe:
+    """Finds each partition's high watermark from Fetch responses, reading at most one batch per partition."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._consumer = _consumer(config, max_partition_fetch_bytes=1, fetch_max_wait_ms=10)
+
+    def partitions(self, topics: list[str]) -> list[TopicPartition]:
+        found = []
+        for topic in topics:
+            numbers = self._consumer.partitions_for_topic(topic)
+            if numbers is None:
+                raise ValueError(f"topic {topic!r} does not exist on the broker")
+            found += [TopicPartition(topic, number) for number in sorted(numbers)]
+        return found
+
+    def end_offsets(self, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int]:
+        listed: dict[TopicPartition, int] = self._consumer.end_offsets(partitions)  # a lower bound on Tansu
+        self._consumer.unsubscribe()  # fresh partition state, so every highwater below is from a new Fetch
+        self._consumer.assign(partitions)
+        for partition in partitions:
+            self._consumer.seek(partition, listed[partition])
+        deadline = time.monotonic() + timeout_s
+        pending = set(partitions)
+        while pending and time.monotonic() < deadline:
+            self._consumer.poll(timeout_ms=100)
+            pending = {tp for tp in pending if self._consumer.highwater(tp) is None}
+        if pending:
+            raise TimeoutError(f"no Fetch answer within {timeout_s:.0f} s for {sorted(map(str, pending))}")
+        return {tp: max(listed[tp], self._consumer.highwater(tp)) for tp in partitions}
+
+    def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._consumer.beginning_offsets(partitions)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass(frozen=True)
+class KafkaRange(InputPartition):
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+# Consumers reused across micro-batches within one Python worker (Spark reuses its Python workers).
+_WORKER_CONSUMERS: dict[tuple, KafkaConsumer] = {}
+
+
+def read_range(config: dict[str, Any], part: KafkaRange) -> Iterator[pa.RecordBatch]:
+    """Read offsets [start, end) of one partition as Arrow record batches."""
+    cache_key = tuple(sorted(config.items()))
+    consumer = _WORKER_CONSUMERS.get(cache_key)
+    if consumer is None:
+        consumer = _WORKER_CONSUMERS[cache_key] = _consumer(config)
+    tp = TopicPartition(part.topic, part.partition)
+    consumer.assign([tp])
+    consumer.seek(tp, part.start)
+    columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    position = part.start
+    while position < part.end:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {tp.topic}:{tp.partition} stalled at offset {position} of {part.end}")
+        for record in consumer.poll(timeout_ms=200).get(tp, ()):
+            if record.offset >= part.end:
+                break
+            columns["offset"].append(record.offset)
+            columns["timestamp"].append(record.timestamp * 1000)
+            columns["key"].append(record.key)
+            columns["value"].append(record.value)
+            if len(columns["offset"]) >= ARROW_BATCH_ROWS:
+                yield _batch(part, columns)
+        position = consumer.position(tp)
+    if columns["offset"]:
+        yield _batch(part, columns)
+
+
+def _batch(part: KafkaRange, columns: dict[str, list]) -> pa.RecordBatch:
+    rows = len(columns["offset"])
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array([part.topic] * rows, pa.string()),
+            pa.array([part.partition] * rows, pa.int32()),
+            pa.array(columns["offset"], pa.int64()),
+            pa.array(columns["timestamp"], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            pa.array(columns["key"], pa.binary()),
+            pa.array(columns["value"], pa.binary()),
+        ],
+        schema=ARROW_SCHEMA,
+    )
+    for values in columns.values():
+        values.clear()
+    return batch
+
+
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self.config = client_config(options)
+        self.topics = [topic.strip() for topic in options.get("subscribe", "").split(",") if topic.strip()]
+        if not self.topics:
+            raise ValueError("option 'subscribe' (comma-separated topics) is required")
+        self.starting = options.get("startingOffsets", "earliest").lower()
+        if self.starting not in ("earliest", "latest"):
+            raise ValueError("option 'startingOffsets' must be 'earliest' or 'latest'")
+        max_rows = options.get("maxOffsetsPerTrigger")
+        self.max_rows = int(max_rows) if max_rows else None
+        self._probe: EndOffsetProbe | None = None
+        self._available_now_target: dict[str, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_probe"] = None  # live connections do not travel to the Python workers
+        return state
+
+    @property
+    def probe(self) -> EndOffsetProbe:
+        if self._probe is None:
+            self._probe = EndOffsetProbe(self.config)
+        return self._probe
+
+    def _end_offsets(self) -> dict[str, int]:
+        partitions = self.probe.partitions(self.topics)
+        return {offset_key(tp.topic, tp.partition): end for tp, end in self.probe.end_offsets(partitions).items()}
+
+    def initialOffset(self) -> dict[str, int]:
+        if self.starting == "latest":
+            return self._end_offsets()
+        partitions = self.probe.partitions(self.topics)
+        begins = self.probe.beginning_offsets(partitions)
+        return {offset_key(tp.topic, tp.partition): begins[tp] for tp in partitions}
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._available_now_target = self._end_offsets()
+
+    def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
+        ends = self._available_now_target or self._end_offsets()
+        start = {key: int(value) for key, value in start.items()}
+        ends = {key: max(end, start.get(key, 0)) for key, end in ends.items()}
+        if isinstance(limit, ReadMaxRows):
+            ends = limit_rows(start, ends, limit.max_rows)
+        return {**start, **ends}
+
+    def reportLatestOffset(self) -> dict[str, int] | None:
+        return None
+
+    def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[KafkaRange]:
+        ranges = []
+        for key, stop in sorted(end.items()):
+            tp = parse_offset_key(key)
+            begin = int(start.get(key, 0))
+            if int(stop) > begin:
+                ranges.append(KafkaRange(tp.topic, tp.partition, begin, int(stop)))
+        return ranges
+
+    def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
+        return read_range(self.config, partition)
+
+    def commit(self, end: dict[str, int]) -> None:
+        """Offsets live in Spark's checkpoint; nothing is committed to Kafka."""
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+def limit_rows(start: dict[str, int], ends: dict[str, int], max_rows: int) -> dict[str, int]:
+    """Cap a micro-batch at `max_rows`, shared among partitions in proportion to their backlog."""
+    backlog = {key: end - start.get(key, 0) for key, end in ends.items()}
+    total = sum(backlog.values())
+    if total <= max_rows:
+        return ends
+    capped = {}
+    for key, lag in backlog.items():
+        share = (lag * max_rows) // total
+        capped[key] = start.get(key, 0) + max(share, 1 if lag else 0)
+    return capped
+
+
+class KafkaDataSource(DataSource):
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT
+
+    def schema(self) -> str:
+        return SCHEMA
+
+    def streamReader(self, schema: Any) -> KafkaStreamReader:
+        return KafkaStreamReader(self.options)

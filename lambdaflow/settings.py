@@ -1,0 +1,128 @@
+"""Settings from `LAMBDAFLOW_*` environment variables, with defaults for the embedded single-machine stack.
+
+`load_settings()` is the only entry point: it turns a bad value into `SettingsError`, whose message is one
+line naming the variable, so every command can stop at start-up without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LAMBDAFLOW_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message is one line that names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Path(".lambdaflow")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_iot: str = "iot_sensors"
+    topic_activity: str = "user_activity"
+    topic_dead_letter: str = "dead_letter"
+    topic_alerts: str = "alerts"
+    topic_partitions: int = Field(4, ge=1, le=1024)
+
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(9092, ge=1, le=65535)
+
+    store_url: str | None = None
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = Field("2g", pattern=r"^\d+[kmgt]$")
+    spark_shuffle_partitions: int = Field(4, ge=1)
+
+    window_seconds: int = Field(300, ge=1, le=86_400)
+    watermark_seconds: int = Field(600, ge=0)
+    session_gap_seconds: int = Field(1800, ge=1)
+    max_future_seconds: int = Field(300, ge=0, description="events stamped further ahead of ingest are invalid")
+
+    trigger_seconds: float = Field(1.0, ge=0)
+    max_records_per_trigger: int = Field(1_000_000, ge=1)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port…], got {server.strip()!r}")
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite://", "postgresql://", "postgresql+")):
+            raise ValueError("expected a sqlite:// or postgresql:// SQLAlchemy URL")
+        return value
+
+    @model_validator(mode="after")
+    def _window_divides_day(self) -> Settings:
+        if 86_400 % self.window_seconds:
+            raise ValueError("window_seconds: must divide a day (86400 s) so windows align to UTC midnight")
+        return self
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        """The two event topics, in contract order."""
+        return (self.topic_iot, self.topic_activity)
+
+    @cached_property
+    def lake_dir(self) -> Path:
+        return self.data_dir.resolve() / "lake"
+
+    @cached_property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir.resolve() / "checkpoints"
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """kafka-python connection keyword arguments (bootstrap servers and security)."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return config
+
+    def kafka_source_options(self) -> dict[str, str]:
+        """The same connection as `kafka.*` options of the `lambdaflow_kafka` Spark source."""
+        return {
+            f"kafka.{name.replace('_', '.')}": str(value)
+            for name, value in self.kafka_client_config().items()
+            if value is not None
+        }
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir.resolve() / 'serving.db'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and explicit overrides); raise `SettingsError` on a bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else str(error["msg"]).split(":")[0].split()[-1]
+        variable = ENV_PREFIX + field.upper()
+        shown = os.environ.get(variable, error.get("input"))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {variable}={shown!r}: {message}") from None

@@ -1,0 +1,46 @@
+"""The Spark session factory: every layer gets its session here, configured for event-time work in UTC."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from lambdaflow.kafka_source import KafkaDataSource
+from lambdaflow.settings import Settings
+
+
+def prepare_environment() -> None:
+    """Environment Spark's JVM and Python workers need; must run before the first session starts."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # Workers import lambdaflow (the Kafka source, the contracts); make the project importable for them.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
+
+
+def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSession:
+    prepare_environment()
+    session = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+        .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={settings.data_dir.resolve()}")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("WARN")
+    session.dataSource.register(KafkaDataSource)
+    return session
