@@ -29,7 +29,14 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.contracts import contract_for, validate_record
 from lambdaflow.kafka_source import FORMAT
-from lambdaflow.lake import QUARANTINE_SCHEMA, RAW_SCHEMAS, day_dir, quarantine_dir, raw_dir, write_parquet_atomically
+from lambdaflow.lake import (
+    QUARANTINE_SCHEMA,
+    RAW_SCHEMAS,
+    day_dir,
+    quarantine_dir,
+    raw_dir,
+    write_parquet_atomically,
+)
 from lambdaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,9 @@ class ArchiveTask:
         offsets = table["offset"].to_pylist()
         kafka_ts = table["timestamp"].to_pylist()
         keys = table["key"].to_pylist()
-        for offset, record_ts, key, value in zip(offsets, kafka_ts, keys, table["value"].to_pylist(), strict=True):
+        for offset, record_ts, key, value in zip(
+            offsets, kafka_ts, keys, table["value"].to_pylist(), strict=True
+        ):
             coordinates = {
                 "_topic": topic,
                 "_partition": partition,
@@ -91,7 +100,9 @@ class ArchiveTask:
             }
             event, reason = validate_record(contract, value, record_ts, self.max_future)
             if event is None:
-                invalid[record_ts.date()].append({"value": value, "key": key, "reason": reason, **coordinates})
+                invalid[record_ts.date()].append(
+                    {"value": value, "key": key, "reason": reason, **coordinates}
+                )
                 continue
             row = event.model_dump()
             row.update(coordinates)
@@ -150,7 +161,9 @@ class ArchiverStatus:
         if batch_id <= self.state["last_batch_id"]:
             return False
         for row in stats:
-            topic = self.state["topics"].setdefault(row["topic"], {"valid": 0, "invalid": 0, "max_event_ts": None})
+            topic = self.state["topics"].setdefault(
+                row["topic"], {"valid": 0, "invalid": 0, "max_event_ts": None}
+            )
             topic["valid"] += row["valid"]
             topic["invalid"] += row["invalid"]
             if row["max_event_ts"] is not None:
@@ -212,5 +225,9 @@ def start_archiver(spark: SparkSession, settings: Settings, once: bool = False) 
         .foreachBatch(archive_batch(settings, status))
         .option("checkpointLocation", str(settings.checkpoint_dir / QUERY_NAME))
     )
-    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
+    writer = (
+        writer.trigger(availableNow=True)
+        if once
+        else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
+    )
     return writer.start()

@@ -49,7 +49,9 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None) -> None:
+def wait_until_ready(
+    bootstrap_servers: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None
+) -> None:
     """Poll until the broker answers a metadata request, or raise `BrokerError`."""
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
@@ -70,7 +72,9 @@ def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0, process: s
         finally:
             admin.close()
         time.sleep(0.2)
-    raise BrokerError(f"the broker at {bootstrap_servers} did not answer within {timeout_s:.0f} s ({last_error})")
+    raise BrokerError(
+        f"the broker at {bootstrap_servers} did not answer within {timeout_s:.0f} s ({last_error})"
+    )
 
 
 class EmbeddedBroker:
@@ -98,7 +102,9 @@ class EmbeddedBroker:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         try:
             wait_until_ready(self.bootstrap_servers, timeout_s, self.process)
         except BrokerError:

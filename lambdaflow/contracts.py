@@ -83,7 +83,9 @@ class UserActivity(Event):
     def _amount_only_on_purchase(self) -> UserActivity:
         if (self.event_type == "purchase") != (self.amount is not None):
             raise ValueError(
-                "amount: required on purchase" if self.event_type == "purchase" else "amount: only on purchase"
+                "amount: required on purchase"
+                if self.event_type == "purchase"
+                else "amount: only on purchase"
             )
         return self
 
@@ -153,5 +155,5 @@ def event_row(event: Event) -> dict[str, object]:
 
 
 def format_ts(moment: datetime) -> str:
-    """Event-time formatting used by every producer: ISO-8601 UTC with milliseconds, e.g. `…T12:00:00.123Z`."""
+    """Event time as every producer writes it: ISO-8601 UTC with milliseconds, e.g. `…T12:00:00.123Z`."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

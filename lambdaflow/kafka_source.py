@@ -22,7 +22,12 @@ from typing import Any
 import pyarrow as pa
 from kafka import KafkaConsumer, TopicPartition
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
 
 FORMAT = "lambdaflow_kafka"
 SCHEMA = "topic string, partition int, offset long, timestamp timestamp, key binary, value binary"
@@ -63,7 +68,9 @@ def client_config(options: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key.removeprefix("kafka.").replace(".", "_")
         if name not in _CLIENT_SETTINGS:
-            raise ValueError(f"unsupported Kafka client option {key!r}; supported: {sorted(_CLIENT_SETTINGS)}")
+            raise ValueError(
+                f"unsupported Kafka client option {key!r}; supported: {sorted(_CLIENT_SETTINGS)}"
+            )
         config[name] = _CLIENT_SETTINGS[name](value)
     if "bootstrap_servers" not in config:
         raise ValueError("option 'kafka.bootstrap.servers' is required")
@@ -108,7 +115,9 @@ class EndOffsetProbe:
             found += [TopicPartition(topic, number) for number in sorted(numbers)]
         return found
 
-    def end_offsets(self, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int]:
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float = 10.0
+    ) -> dict[TopicPartition, int]:
         listed: dict[TopicPartition, int] = self._consumer.end_offsets(partitions)  # a lower bound on Tansu
         self._consumer.unsubscribe()  # fresh partition state, so every highwater below is from a new Fetch
         self._consumer.assign(partitions)
@@ -156,7 +165,9 @@ def read_range(config: dict[str, Any], part: KafkaRange) -> Iterator[pa.RecordBa
     position = part.start
     while position < part.end:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {tp.topic}:{tp.partition} stalled at offset {position} of {part.end}")
+            raise TimeoutError(
+                f"reading {tp.topic}:{tp.partition} stalled at offset {position} of {part.end}"
+            )
         for record in consumer.poll(timeout_ms=200).get(tp, ()):
             if record.offset >= part.end:
                 break
@@ -216,7 +227,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _end_offsets(self) -> dict[str, int]:
         partitions = self.probe.partitions(self.topics)
-        return {offset_key(tp.topic, tp.partition): end for tp, end in self.probe.end_offsets(partitions).items()}
+        return {
+            offset_key(tp.topic, tp.partition): end for tp, end in self.probe.end_offsets(partitions).items()
+        }
 
     def initialOffset(self) -> dict[str, int]:
         if self.starting == "latest":

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     window_seconds: int = Field(300, ge=1, le=86_400)
     watermark_seconds: int = Field(600, ge=0)
     session_gap_seconds: int = Field(1800, ge=1)
-    max_future_seconds: int = Field(300, ge=0, description="events stamped further ahead of ingest are invalid")
+    max_future_seconds: int = Field(
+        300, ge=0, description="events stamped further ahead of ingest are invalid"
+    )
 
     trigger_seconds: float = Field(1.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)

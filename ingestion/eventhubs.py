@@ -1,0 +1,64 @@
+"""Azure Event Hubs through its Kafka endpoint: the producer's connection profile.
+
+With `EVENT_HUB_CONN_STR` (a namespace or hub connection string) and `EVENT_HUB_NAME` set, producers connect
+to `<namespace>.servicebus.windows.net:9093` over SASL_SSL with the PLAIN mechanism, user name
+`$ConnectionString` and the connection string as the password, and send to the hub named `EVENT_HUB_NAME`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+KAFKA_PORT = 9093
+
+
+@dataclass(frozen=True)
+class EventHubProfile:
+    connection_string: str
+    hub_name: str
+
+    @property
+    def namespace_host(self) -> str:
+        parts = dict(
+            part.split("=", 1) for part in self.connection_string.strip().strip(";").split(";") if "=" in part
+        )
+        endpoint = parts.get("Endpoint", "")
+        host = urlparse(endpoint).hostname
+        if not host:
+            raise ValueError("EVENT_HUB_CONN_STR has no Endpoint=sb://<namespace>.servicebus.windows.net/")
+        if "SharedAccessKey" not in parts and "SharedAccessSignature" not in parts:
+            raise ValueError("EVENT_HUB_CONN_STR has no SharedAccessKey or SharedAccessSignature")
+        return host
+
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python connection settings for the Event Hubs Kafka endpoint."""
+        return {
+            "bootstrap_servers": f"{self.namespace_host}:{KAFKA_PORT}",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "$ConnectionString",
+            "sasl_plain_password": self.connection_string,
+            "request_timeout_ms": 60_000,  # Event Hubs' recommended client timeouts
+            "metadata_max_age_ms": 180_000,
+        }
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"EventHubProfile(namespace={self.namespace_host!r}, hub_name={self.hub_name!r})"
+
+
+def profile_from_env(environ: Mapping[str, str] = os.environ) -> EventHubProfile | None:
+    """The Event Hubs profile when both variables are set, else None (the configured Kafka is used)."""
+    connection_string = environ.get("EVENT_HUB_CONN_STR", "").strip()
+    hub_name = environ.get("EVENT_HUB_NAME", "").strip()
+    if not connection_string and not hub_name:
+        return None
+    if not connection_string or not hub_name:
+        missing = "EVENT_HUB_NAME" if connection_string else "EVENT_HUB_CONN_STR"
+        raise ValueError(f"{missing} must be set too, to produce to Azure Event Hubs")
+    profile = EventHubProfile(connection_string, hub_name)
+    profile.namespace_host  # noqa: B018 - validates the connection string now, at start-up
+    return profile

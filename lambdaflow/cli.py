@@ -1,0 +1,258 @@
+"""The `lambdaflow` command line: the composition root that wires settings into the layers.
+
+Layer modules are imported inside each command, so `lambdaflow --help` stays fast and a command only loads
+what it runs. Configuration errors stop a command with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lambdaflow.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("lambdaflow")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"lambdaflow: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        _fail(str(exc), code=2)
+        raise  # unreachable
+
+
+def _one_line_errors(command: Callable) -> Callable:
+    """Errors a user can fix (bad settings, a taken port, a missing file) as one line, not a traceback."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from lambdaflow.broker import BrokerError
+
+        try:
+            return command(*args, **kwargs)
+        except SettingsError as exc:
+            _fail(str(exc), code=2)
+        except (BrokerError, FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, including Kafka and Spark clients.")
+def cli(verbose: bool) -> None:
+    """lambdaflow: Kafka ingestion, a Spark speed layer, a Parquet lake, Airflow batch and Flask serving."""
+    _configure_logging(verbose)
+
+
+@cli.command()
+@click.option("--host", help="Listen address [LAMBDAFLOW_BROKER_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Listen port [LAMBDAFLOW_BROKER_PORT, default 9092].")
+@_one_line_errors
+def broker(host: str | None, port: int | None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) and create the topics; Ctrl-C stops it."""
+    from ingestion.topics import ensure_topics, topic_plan
+    from lambdaflow.broker import EmbeddedBroker
+
+    settings = _settings(broker_host=host, broker_port=port)
+    embedded = EmbeddedBroker(settings.broker_host, settings.broker_port)
+    started = time.monotonic()
+    with embedded:
+        plan = topic_plan(settings)
+        created = ensure_topics({"bootstrap_servers": embedded.bootstrap_servers}, plan)
+        log.info(
+            "broker ready on %s in %.1f s; topics %s (created %s); storage in memory — Ctrl-C to stop",
+            embedded.bootstrap_servers, time.monotonic() - started,
+            ", ".join(f"{name}[{parts}]" for name, parts in plan.items()), ", ".join(created) or "none",
+        )  # fmt: skip
+        _wait_for_signal(lambda: embedded.process is not None and embedded.process.poll() is None)
+        if embedded.process is not None and embedded.process.poll() is not None:
+            _fail(f"the broker exited unexpectedly with code {embedded.process.returncode}")
+    log.info("broker stopped")
+
+
+def _wait_for_signal(alive: Callable[[], bool]) -> None:
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop["now"] and alive():
+        time.sleep(0.2)
+
+
+@cli.command()
+@_one_line_errors
+def topics() -> None:
+    """Create the event, dead-letter and alert topics on the configured Kafka (existing ones are kept)."""
+    from ingestion.topics import ensure_topics, topic_plan
+
+    settings = _settings()
+    created = ensure_topics(settings.kafka_client_config(), topic_plan(settings))
+    click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+def _parse_start(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO-8601 time: {value!r}", param_hint="--start") from None
+    return moment.replace(tzinfo=moment.tzinfo or UTC)
+
+
+@cli.command()
+@click.argument("kind", required=False, type=click.Choice(["iot", "activity"]))
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Send each line of FILE as one record's value, byte for byte.",
+)
+@click.option("--topic", help="Target topic (default: the kind's topic; required with --from-file).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    help="Records per second; 0 sends as fast as possible [default: 100, with --from-file 0]. "
+    "With --start it spaces the simulated event times and sending does not wait.",
+)
+@click.option("--count", type=click.IntRange(min=0), help="Stop after this many records.")
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the simulator and the faults.")
+@click.option("--sensors", type=click.IntRange(min=1), default=50, show_default=True, help="IoT sensors.")
+@click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True, help="Web users.")
+@click.option(
+    "--start", help="Simulate event time from this ISO-8601 instant at --rate (default: wall clock)."
+)
+@click.option(
+    "--duplicates", type=click.FloatRange(0, 1), default=0.0, help="Fraction re-sent (same event_id)."
+)
+@click.option("--late", type=click.FloatRange(0, 1), default=0.0, help="Fraction later than the watermark.")
+@click.option(
+    "--out-of-order",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction shifted back within the watermark.",
+)
+@click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, help="Fraction breaking the contract.")
+@_one_line_errors
+def produce(
+    kind: str | None, from_file: Path | None, topic: str | None, rate: float | None, count: int | None,
+    duration: float | None, seed: int, sensors: int, users: int, start: str | None, duplicates: float,
+    late: float, out_of_order: float, malformed: float,
+) -> None:  # fmt: skip
+    """Produce simulated IoT readings or user activity (KIND), or replay a file (--from-file)."""
+    from datetime import timedelta
+
+    from ingestion.eventhubs import profile_from_env
+    from ingestion.faults import FaultInjector, Faults
+    from ingestion.producer import SendReport, file_records, make_producer, send_records
+    from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock, wall_clock
+
+    settings = _settings()
+    if (kind is None) == (from_file is None):
+        raise click.UsageError("give KIND (iot or activity) or --from-file FILE, not both")
+    if from_file is not None and not topic:
+        raise click.UsageError("--from-file needs --topic")
+    if from_file is not None and not from_file.exists():
+        raise FileNotFoundError(f"--from-file: no such file {from_file}")
+    event_hub = profile_from_env()
+    client_config = event_hub.client_config() if event_hub else settings.kafka_client_config()
+    if event_hub:
+        topic = event_hub.hub_name
+        log.info("producing to Azure Event Hubs %r at %s", event_hub.hub_name, event_hub.namespace_host)
+
+    if from_file is not None:
+        assert topic is not None
+        key_field = "sensor_id" if topic == settings.topic_iot else "session_id"
+        records = file_records(from_file, key_field)
+        report = SendReport(topic)
+        pace = rate or 0.0
+    else:
+        events_per_second = 100.0 if rate is None else rate
+        simulator = (
+            IotSimulator(seed=seed, sensors=sensors)
+            if kind == "iot"
+            else ActivitySimulator(
+                seed=seed, users=users, concurrency=min(100_000, max(50, int(events_per_second * 20)))
+            )
+        )
+        topic = topic or (settings.topic_iot if kind == "iot" else settings.topic_activity)
+        begin = _parse_start(start)
+        clock = simulated_clock(begin, events_per_second or 1000.0) if begin else wall_clock
+        faults = Faults(
+            duplicates, late, out_of_order, malformed, timedelta(seconds=settings.watermark_seconds)
+        )
+        injector = FaultInjector(faults, seed)
+        records = injector.apply(simulator.events(clock), simulator.key)
+        report = SendReport(topic, faults=injector.counts)
+        pace = 0.0 if begin else events_per_second  # simulated history need not wait for the wall clock
+    producer = make_producer(client_config)
+    try:
+        send_records(producer, topic, records, rate=pace, count=count, duration_s=duration, report=report)
+    finally:
+        producer.close(timeout=10)
+    click.echo(report.summary(), err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Archive what is in the topics now, then exit (availableNow).")
+@_one_line_errors
+def archive(once: bool) -> None:
+    """Run the lake archiver: valid events to lake/raw, invalid records to lake/quarantine and dead_letter."""
+    from ingestion.archiver import start_archiver, status_path
+    from lambdaflow.spark import spark_session
+
+    settings = _settings()
+    spark = spark_session(settings, "lambdaflow-archiver")
+    query = start_archiver(spark, settings, once=once)
+    log.info("archiver started (%s); lake at %s", "once" if once else "continuous", settings.lake_dir)
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    if query.exception() is not None:
+        _fail(f"archiver failed: {query.exception()}")
+    log.info("archiver stopped; status in %s", status_path(settings))
+
+
+def main() -> None:
+    cli(prog_name="lambdaflow")
+
+
+if __name__ == "__main__":
+    main()
