@@ -28,7 +28,6 @@ def make_producer(client_config: dict[str, Any], **overrides: Any) -> KafkaProdu
         "linger_ms": 20,
         "batch_size": 512 * 1024,
         "max_request_size": 8 * 1024 * 1024,
-        "buffer_memory": 128 * 1024 * 1024,
         "retries": 5,
         **client_config,
         **overrides,

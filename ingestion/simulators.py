@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,13 @@ BROWSERS = ("Chrome", "Firefox", "Safari", "Edge", " chrome ", "SAFARI")  # some
 
 
 def event_id(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A random (version 4) UUID from the seeded generator; the same as `uuid.UUID(int=…, version=4)`."""
+    digits = f"{rng.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def simulated_clock(start: datetime, events_per_second: float) -> Clock:

@@ -49,6 +49,15 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def _accepts_connections(bootstrap_servers: str) -> bool:
+    host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def wait_until_ready(
     bootstrap_servers: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None
 ) -> None:
@@ -58,6 +67,9 @@ def wait_until_ready(
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise BrokerError(f"the broker exited with code {process.returncode} during start-up")
+        if not _accepts_connections(bootstrap_servers):  # quietly, before a Kafka client logs refusals
+            time.sleep(0.1)
+            continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
         except KafkaError as exc:

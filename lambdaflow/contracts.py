@@ -6,6 +6,7 @@ valid event (a pydantic model) or the reason it breaks its contract; it never ra
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -21,16 +22,19 @@ from pydantic import (
     model_validator,
 )
 
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$")
 EVENT_TYPES = ("login", "page_view", "add_to_cart", "purchase", "logout")
 
 
 def _utc_timestamp(value: object) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an ISO-8601 string")
+    if not _ISO_TIMESTAMP.match(value):
+        raise ValueError("not an ISO-8601 timestamp (YYYY-MM-DDTHH:MM:SS.sssZ)")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError("not an ISO-8601 timestamp") from None
+        raise ValueError("not an ISO-8601 timestamp (YYYY-MM-DDTHH:MM:SS.sssZ)") from None
     if parsed.tzinfo is None or parsed.utcoffset() != timedelta(0):
         raise ValueError("must be UTC (end with Z)")
     return parsed.astimezone(UTC)
@@ -154,6 +158,14 @@ def event_row(event: Event) -> dict[str, object]:
     return event.model_dump()
 
 
+_second_prefix: dict[str, object] = {"key": None, "text": ""}
+
+
 def format_ts(moment: datetime) -> str:
     """Event time as every producer writes it: ISO-8601 UTC with milliseconds, e.g. `…T12:00:00.123Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    second = moment.replace(microsecond=0)
+    if _second_prefix["key"] != second:  # strftime is slow; events of the same second share the prefix
+        _second_prefix["key"], _second_prefix["text"] = second, second.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{_second_prefix['text']}{moment.microsecond // 1000:03d}Z"

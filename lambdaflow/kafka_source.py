@@ -110,7 +110,7 @@ class EndOffsetProbe:
         found = []
         for topic in topics:
             numbers = self._consumer.partitions_for_topic(topic)
-            if numbers is None:
+            if not numbers:  # None on Kafka, an empty set on Tansu
                 raise ValueError(f"topic {topic!r} does not exist on the broker")
             found += [TopicPartition(topic, number) for number in sorted(numbers)]
         return found

@@ -32,6 +32,7 @@ def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSess
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

@@ -1,0 +1,100 @@
+"""Shared fixtures: a real Tansu broker and a real local Spark session, started once per test session.
+
+Each test gets its own topics (unique names through settings) and its own data directory, so tests share
+the broker and Spark without sharing data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ingestion.topics import ensure_topics, topic_plan
+from lambdaflow.broker import EmbeddedBroker
+from lambdaflow.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker("127.0.0.1", free_port(), log_path=log) as running:
+        yield running
+
+
+@pytest.fixture
+def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for one test: its own topics on the shared broker and its own data directory."""
+
+    def make(**overrides: object) -> Settings:
+        suffix = uuid.uuid4().hex[:8]
+        values: dict[str, object] = {
+            "data_dir": tmp_path / "data",
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "topic_iot": f"iot_sensors_{suffix}",
+            "topic_activity": f"user_activity_{suffix}",
+            "topic_dead_letter": f"dead_letter_{suffix}",
+            "topic_alerts": f"alerts_{suffix}",
+            "trigger_seconds": 0.5,
+        }
+        values.update(overrides)
+        settings = load_settings(**values)
+        ensure_topics(settings.kafka_client_config(), topic_plan(settings))
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `lambdaflow` subprocess the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAFLOW_")}
+    for name in (
+        "data_dir", "kafka_bootstrap_servers", "topic_iot", "topic_activity", "topic_dead_letter",
+        "topic_alerts", "trigger_seconds", "max_records_per_trigger", "topic_partitions",
+    ):  # fmt: skip
+        env[f"LAMBDAFLOW_{name.upper()}"] = str(getattr(settings, name))
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*LAMBDAFLOW, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"lambdaflow {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    from lambdaflow.spark import spark_session
+
+    data_dir = tmp_path_factory.mktemp("spark")
+    session = spark_session(load_settings(data_dir=data_dir), "lambdaflow-tests")
+    yield session
+    session.stop()

@@ -1,0 +1,79 @@
+"""The Spark Kafka source against the real broker: exact ranges, admission control, availableNow."""
+
+import pytest
+
+from lambdaflow.kafka_source import FORMAT, client_config, limit_rows
+from tests.kafka_helpers import produce_values
+
+pytestmark = pytest.mark.integration
+
+
+def collect_available(stream, checkpoint):
+    """Run a query with the availableNow trigger and return every row it saw, and the query."""
+    rows = []
+    query = (
+        stream.writeStream.foreachBatch(lambda batch, _: rows.extend(batch.collect()))
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    return rows, query
+
+
+def test_limit_rows_shares_the_cap_by_backlog():
+    start = {"a:0": 0, "a:1": 10}
+    ends = {"a:0": 300, "a:1": 110, "a:2": 0}
+    capped = limit_rows(start, ends, 100)
+    assert capped == {"a:0": 75, "a:1": 35, "a:2": 0}
+    assert limit_rows(start, ends, 1000) == ends
+
+
+def test_client_options_follow_the_spark_kafka_convention():
+    config = client_config(
+        {"kafka.bootstrap.servers": "h:1", "KAFKA.SECURITY.PROTOCOL": "SASL_SSL", "x": "y"}
+    )
+    assert config == {"bootstrap_servers": "h:1", "security_protocol": "SASL_SSL"}
+    with pytest.raises(ValueError, match="kafka.bootstrap.servers"):
+        client_config({})
+    with pytest.raises(ValueError, match="unsupported Kafka client option 'kafka.linger.ms'"):
+        client_config({"kafka.bootstrap.servers": "h:1", "kafka.linger.ms": "5"})
+
+
+def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_path):
+    topic = settings.topic_iot  # 4 partitions
+    values = [f"record-{n}".encode() for n in range(5000)]
+    produce_values(
+        settings.kafka_bootstrap_servers, topic, values, [str(n % 13).encode() for n in range(5000)]
+    )
+    stream = (
+        spark.readStream.format(FORMAT)
+        .options(**settings.kafka_source_options())
+        .option("subscribe", f"{topic},{settings.topic_activity}")
+        .option("maxOffsetsPerTrigger", "700")
+        .load()
+    )
+    rows, query = collect_available(stream, tmp_path / "checkpoint")
+    assert len(rows) == 5000
+    assert sorted(bytes(r.value) for r in rows) == sorted(values)
+    assert len({(r.topic, r.partition, r.offset) for r in rows}) == 5000
+    assert {r.partition for r in rows} == {0, 1, 2, 3}
+    assert all(r.topic == topic and r.timestamp is not None for r in rows)
+    batches = [p for p in query.recentProgress if p["numInputRows"]]
+    assert len(batches) >= 8 and max(p["numInputRows"] for p in batches) <= 700
+
+    # a restart from the checkpoint reads only what came after
+    produce_values(settings.kafka_bootstrap_servers, topic, [b"late-1", b"late-2"])
+    rows, _ = collect_available(stream, tmp_path / "checkpoint")
+    assert sorted(bytes(r.value) for r in rows) == [b"late-1", b"late-2"]
+
+
+def test_a_missing_topic_is_a_clear_error(spark, settings, tmp_path):
+    query = (
+        spark.readStream.format(FORMAT)
+        .options(**settings.kafka_source_options())
+        .option("subscribe", "no_such_topic_here")
+        .load()
+    )
+    with pytest.raises(Exception, match="topic 'no_such_topic_here' does not exist"):
+        collect_available(query, tmp_path / "c")

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambdaflow.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_embedded_stack(monkeypatch):
+    for name in ("LAMBDAFLOW_DATA_DIR", "LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS", "LAMBDAFLOW_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.data_dir == Path(".lambdaflow")
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.resolved_store_url.endswith(".lambdaflow/serving.db")
+    assert settings.topics == ("iot_sensors", "user_activity")
+    assert (settings.topic_partitions, settings.window_seconds, settings.watermark_seconds) == (4, 300, 600)
+
+
+def test_environment_overrides(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAMBDAFLOW_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LAMBDAFLOW_WATERMARK_SECONDS", "120")
+    monkeypatch.setenv("LAMBDAFLOW_STORE_URL", "postgresql://u@127.0.0.1/lf")
+    settings = load_settings()
+    assert settings.lake_dir == tmp_path.resolve() / "lake"
+    assert settings.watermark_seconds == 120
+    assert settings.resolved_store_url == "postgresql://u@127.0.0.1/lf"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LAMBDAFLOW_TOPIC_PARTITIONS", "four", "invalid setting LAMBDAFLOW_TOPIC_PARTITIONS='four'"),
+        ("LAMBDAFLOW_TOPIC_PARTITIONS", "0", "invalid setting LAMBDAFLOW_TOPIC_PARTITIONS='0'"),
+        ("LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS", "localhost", "LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS='localhost'"),
+        (
+            "LAMBDAFLOW_WINDOW_SECONDS",
+            "7",
+            "LAMBDAFLOW_WINDOW_SECONDS='7': window_seconds: must divide a day",
+        ),
+        ("LAMBDAFLOW_STORE_URL", "mysql://x", "LAMBDAFLOW_STORE_URL='mysql://x'"),
+        ("LAMBDAFLOW_SPARK_DRIVER_MEMORY", "lots", "LAMBDAFLOW_SPARK_DRIVER_MEMORY='lots'"),
+        ("LAMBDAFLOW_KAFKA_SECURITY_PROTOCOL", "TLS", "LAMBDAFLOW_KAFKA_SECURITY_PROTOCOL='TLS'"),
+    ],
+)
+def test_bad_values_name_the_variable_in_one_line(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_commands_stop_at_start_up_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "LAMBDAFLOW_TOPIC_PARTITIONS": "many", "PYTHONPATH": str(ROOT)}
+    for command in (["broker"], ["archive", "--once"], ["produce", "iot", "--count", "1"], ["topics"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "lambdaflow.cli", *command],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            "lambdaflow: invalid setting LAMBDAFLOW_TOPIC_PARTITIONS='many': "
+            "Input should be a valid integer, unable to parse string as an integer"
+        ]
