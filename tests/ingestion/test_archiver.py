@@ -132,11 +132,13 @@ def test_every_record_lands_once_with_every_fault_injected(spark, settings):
 def test_kill_9_mid_stream_then_restart_gives_the_same_exact_lake(make_settings):
     settings = make_settings(max_records_per_trigger=400, trigger_seconds=0.2)
     env = settings_env(settings)
+    produce = [*LAMBDAFLOW, "produce", "--count", "12000", "--rate", "1500", *FAULTS]
     producers = [
-        subprocess.Popen([*LAMBDAFLOW, "produce", kind, "--count", "12000", "--rate", "1500", "--seed", seed, *FAULTS],
-                         env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*produce, kind, "--seed", seed], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
         for kind, seed in (("iot", "1"), ("activity", "2"))
-    ]  # fmt: skip
+    ]
     archiver = subprocess.Popen([*LAMBDAFLOW, "archive"], env=env, cwd=ROOT, start_new_session=True,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
     status = status_path(settings)
