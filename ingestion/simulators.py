@@ -97,13 +97,18 @@ class IotSimulator:
 
     def events(self, clock: Clock) -> Iterator[dict]:
         rng, fleet = self.rng, self._fleet
+        daily_cycle: dict[tuple[str, int], float] = {}  # (location, minute of day) -> mean °C
         while True:
             sensor = fleet[self._next]
             self._next = (self._next + 1) % len(fleet)
             ts = clock()
             mean, amplitude, hot_chance = LOCATIONS[sensor.location]
-            hour = ts.hour + ts.minute / 60
-            temperature = mean + amplitude * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.4)
+            minute = ts.hour * 60 + ts.minute
+            cycle = daily_cycle.get((sensor.location, minute))
+            if cycle is None:  # warmest at 15:00 UTC, coldest at 03:00
+                cycle = mean + amplitude * math.sin((minute / 60 - 9) / 24 * 2 * math.pi)
+                daily_cycle[sensor.location, minute] = cycle
+            temperature = cycle + rng.gauss(0, 0.4)
             if sensor.hot_spell_left == 0 and rng.random() < hot_chance:
                 sensor.hot_spell_left = rng.randint(20, 200)
             if sensor.hot_spell_left:
@@ -112,8 +117,8 @@ class IotSimulator:
             sensor.battery -= sensor.drain_per_reading
             if sensor.battery <= 1:
                 sensor.battery = 100.0  # replaced
-            sensor.pressure += rng.gauss(0, 0.2) + (1013 - sensor.pressure) * 0.01
-            humidity = min(100.0, max(0.0, 70 - (temperature - mean) * 2.5 + rng.gauss(0, 3)))
+            sensor.pressure += (rng.random() - 0.5) * 0.7 + (1013 - sensor.pressure) * 0.01
+            humidity = min(100.0, max(0.0, 70 - (temperature - mean) * 2.5 + (rng.random() - 0.5) * 10))
             yield {
                 "event_id": event_id(rng),
                 "sensor_id": sensor.sensor_id,

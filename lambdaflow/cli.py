@@ -31,7 +31,8 @@ def _configure_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     for noisy in ("kafka", "py4j", "pyspark"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+        # kafka-python logs every refused connection at ERROR; commands report failures in one line instead
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -52,6 +53,8 @@ def _one_line_errors(command: Callable) -> Callable:
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        from kafka.errors import KafkaError
+
         from lambdaflow.broker import BrokerError
 
         try:
@@ -60,6 +63,8 @@ def _one_line_errors(command: Callable) -> Callable:
             _fail(str(exc), code=2)
         except (BrokerError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
+        except KafkaError as exc:
+            _fail(f"Kafka: {exc} (is the broker running? LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS)")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

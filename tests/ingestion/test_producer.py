@@ -1,0 +1,65 @@
+"""The producer's fast path delivers exactly what kafka-python's public send() would, in the same places."""
+
+from collections import defaultdict
+
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from ingestion.producer import RecordSender, SendReport, file_records, make_producer, send_records
+from tests.kafka_helpers import consume_all
+
+pytestmark = pytest.mark.integration
+
+
+def placement(bootstrap: str, topic: str, count: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    by_partition = defaultdict(list)
+    for record in sorted(consume_all(bootstrap, topic, count), key=lambda r: (r.partition, r.offset)):
+        by_partition[record.partition].append((record.key, record.value))
+    return dict(by_partition)
+
+
+def test_fast_path_matches_public_send(broker):
+    bootstrap = broker.bootstrap_servers
+    topics = ["fast_path", "public_send", "default_partitioner"]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(name, 4, 1) for name in topics])
+    admin.close()
+    records = [(f"sensor-{n % 37}".encode(), f"value-{n}".encode()) for n in range(3000)]
+
+    producer = make_producer({"bootstrap_servers": bootstrap})
+    fast = RecordSender(producer, "fast_path")
+    assert fast.fast, "the pinned kafka-python should take the fast path"
+    report = send_records(producer, "fast_path", records, progress=None)
+    assert (report.sent, report.failed) == (3000, 0)
+
+    public = RecordSender(producer, "public_send")
+    public.fast = False
+    for key, value in records:
+        public.send(key, value)
+    for key, value in records:  # kafka-python's own murmur2 partitioner
+        producer.send("default_partitioner", key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    expected = placement(bootstrap, "default_partitioner", 3000)
+    assert placement(bootstrap, "fast_path", 3000) == expected
+    assert placement(bootstrap, "public_send", 3000) == expected
+
+
+def test_send_report_summarises_faults():
+    report = SendReport("t", sent=1000, elapsed_s=2.0)
+    report.faults.update({"valid": 900, "malformed": 50, "malformed.not_json": 50, "out_of_order": 10})
+    assert (
+        report.summary() == "t: sent 1,000 records in 2.0 s (500/s); injected malformed 50, out-of-order 10"
+    )
+
+
+def test_file_records_keep_lines_byte_for_byte(tmp_path):
+    source = tmp_path / "lines.jsonl"
+    source.write_bytes(b'{"sensor_id": "s-1", "x": 1}\r\nnot json\n\n{"sensor_id": 5}\n')
+    assert list(file_records(source, "sensor_id")) == [
+        (b"s-1", b'{"sensor_id": "s-1", "x": 1}'),
+        (None, b"not json"),
+        (None, b""),
+        (None, b'{"sensor_id": 5}'),
+    ]
