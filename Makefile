@@ -48,7 +48,7 @@ lock: venv
 # Validates docker-compose.yaml with Debian's docker-compose (no Docker engine is needed for `config`).
 compose-check:
 	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
-	docker-compose -f docker-compose.yaml config --quiet && echo "docker-compose.yaml is valid"
+	LAMBDAFLOW_POSTGRES_PASSWORD=$${LAMBDAFLOW_POSTGRES_PASSWORD:-check-only} docker-compose -f docker-compose.yaml config --quiet && echo "docker-compose.yaml is valid"
 
 clean:
 	rm -rf .lambdaflow .pytest_cache

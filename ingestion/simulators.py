@@ -131,15 +131,14 @@ class IotSimulator:
             }
 
 
-@dataclass(order=True)
+@dataclass
 class _Session:
-    due: datetime
-    session_id: str = field(compare=False)
-    user_id: str = field(compare=False)
-    browser: str = field(compare=False)
-    steps_left: int = field(compare=False)
-    in_cart: int = field(compare=False, default=0)
-    started: bool = field(compare=False, default=False)
+    session_id: str
+    user_id: str
+    browser: str
+    steps_left: int
+    in_cart: int = 0
+    started: bool = False
 
 
 @dataclass
@@ -157,31 +156,38 @@ class ActivitySimulator:
     concurrency: int = 200
     think_s: float = 20.0
     rng: random.Random = field(init=False)
-    _active: list[_Session] = field(init=False, default_factory=list)
+    # a heap of (due time, sequence, session): tuples compare in C, far cheaper than dataclass ordering
+    _active: list[tuple[datetime, int, _Session]] = field(init=False, default_factory=list)
+    _sequence: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
+    def _schedule(self, due: datetime, session: _Session) -> None:
+        self._sequence += 1
+        heapq.heappush(self._active, (due, self._sequence, session))
+
     def key(self, event: dict) -> bytes:
         return event["session_id"].encode()
 
-    def _new_session(self, now: datetime) -> _Session:
+    def _new_session(self, now: datetime) -> None:
         rng = self.rng
-        return _Session(
-            due=now + timedelta(seconds=rng.uniform(0, self.think_s)),
+        due = now + timedelta(seconds=rng.uniform(0, self.think_s))
+        session = _Session(
             session_id=event_id(rng),
             user_id=f"user-{rng.randrange(self.users):05d}",
             browser=rng.choice(BROWSERS),
             steps_left=max(1, int(rng.lognormvariate(2.0, 0.8))),  # median ~7 steps, long tail
         )
+        self._schedule(due, session)
 
     def events(self, clock: Clock) -> Iterator[dict]:
         rng = self.rng
         while True:
             ts = clock()
             while len(self._active) < self.concurrency:
-                heapq.heappush(self._active, self._new_session(ts))
-            session = heapq.heappop(self._active)
+                self._new_session(ts)
+            session = heapq.heappop(self._active)[2]
             amount = None
             if not session.started:
                 event_type, page, session.started = "login", "/account", True
@@ -212,5 +218,4 @@ class ActivitySimulator:
                 event["amount"] = amount
             yield event
             if event_type != "logout":
-                session.due = ts + timedelta(seconds=rng.expovariate(1 / self.think_s))
-                heapq.heappush(self._active, session)
+                self._schedule(ts + timedelta(seconds=rng.expovariate(1 / self.think_s)), session)

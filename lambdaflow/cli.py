@@ -255,6 +255,32 @@ def archive(once: bool) -> None:
     log.info("archiver stopped; status in %s", status_path(settings))
 
 
+@cli.command()
+@click.option(
+    "--iot-rate",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="Demo IoT readings per second.",
+)
+@click.option(
+    "--activity-rate",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Demo user-activity events per second.",
+)
+@_one_line_errors
+def up(iot_rate: float, activity_rate: float) -> None:
+    """Start the embedded stack with demo data (what `make run` does); Ctrl-C stops every part."""
+    from lambdaflow.stack import AlreadyRunning, run_stack
+
+    try:
+        sys.exit(run_stack(_settings(), iot_rate, activity_rate))
+    except AlreadyRunning as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     cli(prog_name="lambdaflow")
 

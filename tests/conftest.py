@@ -7,7 +7,6 @@ the broker and Spark without sharing data.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,17 +16,11 @@ from pathlib import Path
 import pytest
 
 from ingestion.topics import ensure_topics, topic_plan
-from lambdaflow.broker import EmbeddedBroker
+from lambdaflow.broker import EmbeddedBroker, free_port
 from lambdaflow.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,127 @@
+"""Shared benchmark plumbing: hardware description, medians, process-tree memory, the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    runs: list[float]
+    target: str = ""
+    meets_target: bool | None = None
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+def hardware() -> dict[str, object]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+class PeakMemory:
+    """Samples the resident memory of a process and its descendants; `peak_mib` is the largest total."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+        self.pid, self.interval_s, self.peak_mib = pid, interval_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                processes = [root, *root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in processes if p.is_running())
+                self.peak_mib = max(self.peak_mib, total / 2**20)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The kernel's high-water mark of a process's resident memory (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def lambdaflow(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "lambdaflow.cli", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )  # fmt: skip
+
+
+def report(results: list[Result]) -> Path:
+    machine = hardware()
+    print(f"\nhardware: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+          f"Python {machine['python']}, load {machine['load_average_at_start']}")  # fmt: skip
+    header = f"{'benchmark':<44} {'median':>12} {'unit':<10} {'runs':<28} {'target':<14} ok"
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        runs = ", ".join(f"{run:,.0f}" if run >= 100 else f"{run:.2f}" for run in result.runs)
+        median = f"{result.median:,.0f}" if result.median >= 100 else f"{result.median:.2f}"
+        verdict = {True: "yes", False: "NO", None: ""}[result.meets_target]
+        print(f"{result.name:<44} {median:>12} {result.unit:<10} {runs:<28} {result.target:<14} {verdict}")
+        for key, value in result.notes.items():
+            print(f"{'':<4}{key}: {value}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"bench-{stamp}.json"
+    payload = {
+        "at": stamp,
+        "hardware": machine,
+        "results": [{**asdict(r), "median": r.median} for r in results],
+    }
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwritten {path.relative_to(ROOT)}")
+    return path
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
