@@ -81,6 +81,8 @@ def _consumer(config: dict[str, Any], **overrides: Any) -> KafkaConsumer:
     settings = {
         "enable_auto_commit": False,
         "group_id": None,
+        # a start offset already deleted by retention resumes at the oldest record kept, never at the end
+        "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_partition_fetch_bytes": 16 * 1024 * 1024,

@@ -1,0 +1,129 @@
+"""The one definition of every view: functions from a DataFrame of valid events to a DataFrame of aggregates.
+
+The speed layer applies them to an unbounded DataFrame (after a watermark), the batch layer to one day of the
+lake; the code is the same, so the two layers cannot drift. Windows are tumbling, `window_seconds` long and
+aligned to UTC midnight (Spark aligns windows to the epoch, and the window length divides a day), so no
+window spans two days. Distinct counts are exact in batch and approximate (HyperLogLog++) in a stream, where
+Spark cannot count distinct values incrementally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+CATEGORICAL_COLUMNS = ("location", "browser", "page")
+KAFKA_ORDER = ("_topic", "_partition", "_offset")
+
+
+def clean(events: DataFrame) -> DataFrame:
+    """Trim and lower-case the categorical strings, so ' Chrome ' and 'chrome' are one browser."""
+    for name in CATEGORICAL_COLUMNS:
+        if name in events.columns:
+            events = events.withColumn(name, F.lower(F.trim(F.col(name))))
+    return events
+
+
+def dedupe_exact(events: DataFrame) -> DataFrame:
+    """Keep one row per `event_id`: the one with the lowest Kafka coordinates (the first one received)."""
+    order = [F.col(name) for name in KAFKA_ORDER if name in events.columns] or [F.col("ts")]
+    first = Window.partitionBy("event_id").orderBy(*order)
+    return events.withColumn("_copy", F.row_number().over(first)).where("_copy = 1").drop("_copy")
+
+
+def dedupe_within_watermark(events: DataFrame) -> DataFrame:
+    """Drop repeated `event_id`s seen within the watermark (the stream must have one set)."""
+    return events.dropDuplicatesWithinWatermark(["event_id"])
+
+
+def _distinct(column: str, exact: bool) -> Column:
+    return F.countDistinct(column) if exact else F.approx_count_distinct(column)
+
+
+def _window_start(window_seconds: int) -> Column:
+    return F.window("ts", f"{window_seconds} seconds").start
+
+
+def sensor_stats(events: DataFrame, window_seconds: int, exact: bool = True) -> DataFrame:
+    return events.groupBy(_window_start(window_seconds).alias("window_start"), "sensor_id", "location").agg(
+        F.count(F.lit(1)).alias("events"),
+        F.avg("temperature").alias("temperature_avg"),
+        F.min("temperature").alias("temperature_min"),
+        F.max("temperature").alias("temperature_max"),
+        F.avg("humidity").alias("humidity_avg"),
+        F.avg("pressure").alias("pressure_avg"),
+        F.min("battery").alias("battery_min"),
+    )
+
+
+def location_stats(events: DataFrame, window_seconds: int, exact: bool = True) -> DataFrame:
+    return events.groupBy(_window_start(window_seconds).alias("window_start"), "location").agg(
+        F.count(F.lit(1)).alias("events"),
+        _distinct("sensor_id", exact).alias("sensors"),
+        F.avg("temperature").alias("temperature_avg"),
+        F.max("temperature").alias("temperature_max"),
+    )
+
+
+def activity_stats(events: DataFrame, window_seconds: int, exact: bool = True) -> DataFrame:
+    return events.groupBy(_window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
+        F.count(F.lit(1)).alias("events"),
+        _distinct("user_id", exact).alias("users"),
+        F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
+    )
+
+
+def sessions(events: DataFrame, gap_seconds: int, exact: bool = True) -> DataFrame:
+    """One row per session: its events within a session window that closes after `gap_seconds` of silence."""
+    return (
+        events.groupBy(
+            F.session_window("ts", f"{gap_seconds} seconds").alias("session"), "session_id", "user_id"
+        )
+        .agg(
+            F.min("ts").alias("session_start"),
+            F.max("ts").alias("session_end"),
+            F.count(F.lit(1)).alias("events"),
+            F.sum(F.when(F.col("event_type") == "purchase", 1).otherwise(0)).alias("purchases"),
+            F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
+        )
+        .withColumn(
+            "duration_s",
+            (F.unix_micros("session_end") - F.unix_micros("session_start")) / F.lit(1_000_000.0),
+        )
+        .select(
+            "session_id",
+            "user_id",
+            "session_start",
+            "session_end",
+            "duration_s",
+            "events",
+            "purchases",
+            "revenue",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class View:
+    """A view: its source contract, its key columns (unique per row) and its definition."""
+
+    name: str
+    contract: str
+    keys: tuple[str, ...]
+    build: Callable[..., DataFrame]
+    time_column: str
+
+
+_WINDOW = "window_start"
+VIEWS: dict[str, View] = {
+    view.name: view
+    for view in (
+        View("sensor_stats", "iot_sensors", (_WINDOW, "sensor_id", "location"), sensor_stats, _WINDOW),
+        View("location_stats", "iot_sensors", (_WINDOW, "location"), location_stats, _WINDOW),
+        View("activity_stats", "user_activity", (_WINDOW, "event_type", "browser"), activity_stats, _WINDOW),
+        View("sessions", "user_activity", ("session_id", "session_start"), sessions, "session_start"),
+    )
+}
