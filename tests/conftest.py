@@ -91,3 +91,50 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
     session = spark_session(load_settings(data_dir=data_dir), "lambdaflow-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL on 127.0.0.1 (trust auth, its own data directory), for the session."""
+    import getpass
+    import shutil
+    import time
+
+    if shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
+    import tempfile
+
+    # not under pytest's temporary root: that is private to root, and the server runs as 'postgres'
+    base = Path(tempfile.mkdtemp(prefix="lambdaflow-postgres-"))
+    data, sockets = base / "data", base / "sockets"
+    sockets.mkdir()
+    # initdb refuses to run as root: run the server as the 'postgres' user then
+    as_user = ["runuser", "-u", "postgres", "--"] if getpass.getuser() == "root" else []
+    if as_user:
+        shutil.chown(base, "postgres")
+        shutil.chown(sockets, "postgres")
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [*as_user, "postgres", "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets),
+         "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    from sqlalchemy import create_engine, text
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with create_engine(url).connect() as connection:
+                connection.execute(text("select 1"))
+            break
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+    shutil.rmtree(base, ignore_errors=True)

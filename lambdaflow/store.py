@@ -1,0 +1,155 @@
+"""The serving store's schema and access (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
+
+Tables: `speed_<view>` (real-time aggregates, primary key = the view's key), `alerts` (deterministic ids),
+`stream_progress` (one row per streaming query), `baselines` (per sensor and hour of day, filled by the batch
+layer). Writers upsert whole rows, so writing the same micro-batch twice leaves the store unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from lambdaflow.views import VIEWS
+
+metadata = MetaData()
+
+# Value columns of each view (the key columns come from lambdaflow.views.VIEWS).
+_TIME = DateTime()  # naive UTC everywhere: SQLite has no time zones, PostgreSQL gets "timestamp"
+VIEW_COLUMNS: dict[str, dict[str, Any]] = {
+    "sensor_stats": {
+        "window_start": _TIME, "sensor_id": String(128), "location": String(128), "events": BigInteger(),
+        "temperature_avg": Float(), "temperature_min": Float(), "temperature_max": Float(),
+        "humidity_avg": Float(), "pressure_avg": Float(), "battery_min": Float(),
+    },
+    "location_stats": {
+        "window_start": _TIME, "location": String(128), "events": BigInteger(), "sensors": BigInteger(),
+        "temperature_avg": Float(), "temperature_max": Float(),
+    },
+    "activity_stats": {
+        "window_start": _TIME, "event_type": String(32), "browser": String(128), "events": BigInteger(),
+        "users": BigInteger(), "revenue": Float(),
+    },
+    "sessions": {
+        "session_id": String(128), "session_start": _TIME, "user_id": String(128), "session_end": _TIME,
+        "duration_s": Float(), "events": BigInteger(), "purchases": BigInteger(), "revenue": Float(),
+    },
+}  # fmt: skip
+
+
+def _view_table(prefix: str, view: str) -> Table:
+    keys = set(VIEWS[view].keys)
+    columns = [
+        Column(name, kind, primary_key=name in keys, nullable=name not in keys)
+        for name, kind in VIEW_COLUMNS[view].items()
+    ]
+    return Table(f"{prefix}_{view}", metadata, *columns, Column("updated_at", _TIME, nullable=False))
+
+
+SPEED_TABLES: dict[str, Table] = {view: _view_table("speed", view) for view in VIEWS}
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    Column("ts", _TIME, nullable=False, index=True),
+    Column("subject", String(128), nullable=False),  # sensor_id or session_id
+    Column("value", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("event", Text, nullable=False),  # the triggering event (or session) as JSON
+    Column("created_at", _TIME, nullable=False),
+)
+
+stream_progress = Table(
+    "stream_progress",
+    metadata,
+    Column("query", String(64), primary_key=True),
+    Column("batch_id", BigInteger, nullable=False),
+    Column("input_rows", BigInteger, nullable=False),
+    Column("invalid_rows", BigInteger, nullable=False),
+    Column("late_rows", BigInteger, nullable=False),  # dropped behind the watermark, cumulative
+    Column("max_event_ts", _TIME),
+    Column("watermark", _TIME),
+    Column("updated_at", _TIME, nullable=False),
+)
+
+baselines = Table(
+    "baselines",
+    metadata,
+    Column("sensor_id", String(128), primary_key=True),
+    Column("hour_of_day", Integer, primary_key=True),
+    Column("temperature_mean", Float, nullable=False),
+    Column("temperature_std", Float, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("computed_for", _TIME, nullable=False),
+)
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (serving) never block the streaming writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def connect(url: str, create: bool = True) -> Engine:
+    """An engine for the store; with `create`, the tables are created when missing."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        metadata.create_all(engine)
+    return engine
+
+
+def utc_naive(moment: datetime | None) -> datetime | None:
+    """Timestamps are stored as naive UTC."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> int:
+    """Insert rows, replacing every non-key column of rows whose primary key exists; one transaction."""
+    if not rows:
+        return 0
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    keys = [column.name for column in table.primary_key.columns]
+    with engine.begin() as connection:
+        for start in range(0, len(rows), chunk):
+            part = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in
+                    rows[start:start + chunk]]  # fmt: skip
+            statement = insert(table).values(part)
+            updates = {name: statement.excluded[name] for name in part[0] if name not in keys}
+            connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
+    return len(rows)
+
+
+def insert_new(engine: Engine, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert rows whose primary key is not there yet (alerts: a replay must not duplicate or rewrite)."""
+    rows = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in rows]
+    if not rows:
+        return 0
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    with engine.begin() as connection:
+        result = connection.execute(insert(table).values(rows).on_conflict_do_nothing())
+    return max(result.rowcount, 0)
