@@ -27,7 +27,7 @@ from kafka import KafkaProducer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from lambdaflow.contracts import contract_for, validate_record
+from lambdaflow.contracts import contract_for
 from lambdaflow.kafka_source import FORMAT
 from lambdaflow.lake import (
     QUARANTINE_SCHEMA,
@@ -37,6 +37,7 @@ from lambdaflow.lake import (
     raw_dir,
     write_parquet_atomically,
 )
+from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,36 +80,16 @@ class ArchiveTask:
         table = pa.Table.from_batches(list(batches))
         if table.num_rows == 0:
             return
-        ingested_at = datetime.now(UTC)
-        topic, partition = table["topic"][0].as_py(), table["partition"][0].as_py()
+        topic, partition = table["topic"][0].as_py(), table["partition"][0].as_py()  # one Kafka partition
         contract = contract_for(topic, self.contracts)
+        split = split_records(table, self.contracts, self.max_future, datetime.now(UTC))
         valid: dict[date, list[dict[str, Any]]] = defaultdict(list)
+        for row in split.valid:
+            valid[row["ts"].date()].append(row)
         invalid: dict[date, list[dict[str, Any]]] = defaultdict(list)
-        max_event_ts = None
-        offsets = table["offset"].to_pylist()
-        kafka_ts = table["timestamp"].to_pylist()
-        keys = table["key"].to_pylist()
-        for offset, record_ts, key, value in zip(
-            offsets, kafka_ts, keys, table["value"].to_pylist(), strict=True
-        ):
-            coordinates = {
-                "_topic": topic,
-                "_partition": partition,
-                "_offset": offset,
-                "_kafka_ts": record_ts,
-                "_ingested_at": ingested_at,
-            }
-            event, reason = validate_record(contract, value, record_ts, self.max_future)
-            if event is None:
-                invalid[record_ts.date()].append(
-                    {"value": value, "key": key, "reason": reason, **coordinates}
-                )
-                continue
-            row = event.model_dump()
-            row.update(coordinates)
-            valid[event.ts.date()].append(row)
-            if max_event_ts is None or event.ts > max_event_ts:
-                max_event_ts = event.ts
+        for row in split.invalid:
+            invalid[row["_kafka_ts"].date()].append(row)
+        max_event_ts = max((row["ts"] for row in split.valid), default=None)
         name = f"part-{self.batch_id:010d}-{partition:04d}.parquet"
         for day, rows in valid.items():
             table_out = pa.Table.from_pylist(rows, schema=RAW_SCHEMAS[contract])
@@ -117,14 +98,14 @@ class ArchiveTask:
             table_out = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
             write_parquet_atomically(table_out, day_dir(quarantine_dir(self.lake, topic), day) / name)
         if self.dead_letter_topic and invalid:
-            self._send_dead_letters([row for rows in invalid.values() for row in rows])
+            self._send_dead_letters(split.invalid)
         yield pa.RecordBatch.from_pylist(
             [
                 {
                     "topic": topic,
                     "partition": partition,
-                    "valid": sum(map(len, valid.values())),
-                    "invalid": sum(map(len, invalid.values())),
+                    "valid": len(split.valid),
+                    "invalid": len(split.invalid),
                     "max_event_ts": max_event_ts,
                 }
             ],
