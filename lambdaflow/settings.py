@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         300, ge=0, description="events stamped further ahead of ingest are invalid"
     )
 
+    alert_temperature_c: float = Field(30.0, ge=-50, le=100)
+    alert_battery_pct: float = Field(20.0, ge=0, le=100)
+    alert_session_s: float = Field(300.0, gt=0)
+    alert_anomaly_z: float = Field(3.0, gt=0)
+
     trigger_seconds: float = Field(1.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)
 
