@@ -63,3 +63,22 @@ def test_file_records_keep_lines_byte_for_byte(tmp_path):
         (None, b""),
         (None, b'{"sensor_id": 5}'),
     ]
+
+
+def test_counted_faults_are_exactly_the_records_sent(broker):
+    """The fault injector counts a record when it yields it; nothing beyond --count may be pulled."""
+    from ingestion.faults import FaultInjector, Faults
+    from ingestion.simulators import IotSimulator, wall_clock
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    admin.create_topics([NewTopic("counted_faults", 4, 1)])
+    admin.close()
+    producer = make_producer({"bootstrap_servers": broker.bootstrap_servers})
+    for count in (1, 7, 100, 2500):
+        injector = FaultInjector(Faults(duplicates=0.5, malformed=0.2), seed=count)
+        simulator = IotSimulator(seed=count)
+        records = injector.apply(simulator.events(wall_clock), simulator.key)
+        report = send_records(producer, "counted_faults", records, count=count, progress=None)
+        counts = injector.counts
+        assert report.sent == count == counts["valid"] + counts["malformed"] + counts["duplicate"]
+    producer.close()
