@@ -256,6 +256,45 @@ def archive(once: bool) -> None:
 
 
 @cli.command()
+@click.option("--once", is_flag=True, help="Process what is in the topics now, then exit (availableNow).")
+@click.option("--only", help="Comma-separated queries to run: archiver and/or views (default: all).")
+@_one_line_errors
+def stream(once: bool, only: str | None) -> None:
+    """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
+    from ingestion.archiver import start_archiver
+    from lambdaflow.spark import spark_session
+    from lambdaflow.views import VIEWS
+    from speed.streams import ProgressRecorder, start_view_query
+
+    known = ["archiver", *VIEWS]
+    selected = [name.strip() for name in only.split(",")] if only else known
+    unknown = sorted(set(selected) - set(known))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown query {unknown}; choose from {', '.join(known)}", param_hint="--only"
+        )
+    settings = _settings()
+    spark = spark_session(settings, "lambdaflow-stream")
+    spark.streams.addListener(ProgressRecorder(settings.resolved_store_url))
+    queries = [
+        start_archiver(spark, settings, once=once) if name == "archiver" else start_view_query(
+            spark, settings, name, once=once)
+        for name in selected
+    ]  # fmt: skip
+    log.info("streaming %s (%s); store %s", ", ".join(selected), "once" if once else "continuous",
+             settings.resolved_store_url)  # fmt: skip
+    try:
+        for query in queries:
+            query.awaitTermination()
+    except KeyboardInterrupt:
+        for query in queries:
+            query.stop()
+    failed = [f"{q.name}: {q.exception()}" for q in queries if q.exception() is not None]
+    if failed:
+        _fail("; ".join(failed))
+
+
+@cli.command()
 @click.option(
     "--iot-rate",
     type=click.FloatRange(min=0),

@@ -39,8 +39,13 @@ def dedupe_within_watermark(events: DataFrame) -> DataFrame:
     return events.dropDuplicatesWithinWatermark(["event_id"])
 
 
+# Relative standard deviation of the streaming distinct counts (HyperLogLog++): 1 % costs ~12 KB of state
+# per group; Spark's default 5 % was off by up to 6 % in tests, too coarse to serve.
+APPROX_DISTINCT_RSD = 0.01
+
+
 def _distinct(column: str, exact: bool) -> Column:
-    return F.countDistinct(column) if exact else F.approx_count_distinct(column)
+    return F.countDistinct(column) if exact else F.approx_count_distinct(column, APPROX_DISTINCT_RSD)
 
 
 def _window_start(window_seconds: int) -> Column:

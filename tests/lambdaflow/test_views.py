@@ -15,10 +15,11 @@ import pytest
 
 from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock
 from lambdaflow.views import VIEWS, clean, dedupe_exact
+from tests import ground_truth
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)  # crosses midnight: no window may span two days
-WINDOW_S, GAP_S = 300, 1800
+WINDOW_S, GAP_S = ground_truth.WINDOW_S, ground_truth.GAP_S
 
 
 def with_faults(events: list[dict], seed: int) -> pd.DataFrame:
@@ -36,15 +37,6 @@ def with_faults(events: list[dict], seed: int) -> pd.DataFrame:
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     frame["_topic"], frame["_partition"] = "t", 0
     frame["_offset"] = range(len(frame))
-    return frame
-
-
-def truth_clean(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.sort_values("_offset").drop_duplicates("event_id", keep="first").copy()
-    for name in ("location", "browser", "page"):
-        if name in frame:
-            frame[name] = frame[name].str.strip().str.lower()
-    frame["window_start"] = frame["ts"].dt.floor(f"{WINDOW_S}s")
     return frame
 
 
@@ -76,49 +68,24 @@ def activity() -> pd.DataFrame:
     return with_faults(list(islice(simulator.events(simulated_clock(START, 2)), 20_000)), 6)
 
 
-def test_sensor_stats(spark, iot):
-    truth = truth_clean(iot).groupby(["window_start", "sensor_id", "location"], as_index=False).agg(
-        events=("event_id", "size"), temperature_avg=("temperature", "mean"),
-        temperature_min=("temperature", "min"), temperature_max=("temperature", "max"),
-        humidity_avg=("humidity", "mean"), pressure_avg=("pressure", "mean"), battery_min=("battery", "min"),
-    )  # fmt: skip
-    actual = spark_rows(spark, iot, "sensor_stats")
-    assert_same(actual, truth, VIEWS["sensor_stats"].keys)
-    assert (
-        actual["window_start"].dt.floor("D") == (actual["window_start"] + pd.Timedelta("299s")).dt.floor("D")
-    ).all()
-    assert actual["location"].str.match(r"^[a-z0-9-]+$").all()
-
-
-def test_location_stats(spark, iot):
-    truth = truth_clean(iot).groupby(["window_start", "location"], as_index=False).agg(
-        events=("event_id", "size"), sensors=("sensor_id", "nunique"),
-        temperature_avg=("temperature", "mean"), temperature_max=("temperature", "max"),
-    )  # fmt: skip
-    assert_same(spark_rows(spark, iot, "location_stats"), truth, VIEWS["location_stats"].keys)
-
-
-def test_activity_stats(spark, activity):
-    clean_events = truth_clean(activity)
-    clean_events["amount"] = clean_events["amount"].fillna(0.0)
-    truth = clean_events.groupby(["window_start", "event_type", "browser"], as_index=False).agg(
-        events=("event_id", "size"), users=("user_id", "nunique"), revenue=("amount", "sum"),
-    )  # fmt: skip
-    actual = spark_rows(spark, activity, "activity_stats")
-    assert_same(actual, truth, VIEWS["activity_stats"].keys)
-    assert set(actual["browser"]) == {"chrome", "firefox", "safari", "edge"}
-
-
-def test_sessions(spark, activity):
-    events = truth_clean(activity).sort_values(["session_id", "ts"]).copy()
-    events["amount"] = events["amount"].fillna(0.0)
-    gap = events.groupby("session_id")["ts"].diff() >= pd.Timedelta(seconds=GAP_S)
-    events["burst"] = gap.groupby(events["session_id"]).cumsum()
-    truth = events.groupby(["session_id", "user_id", "burst"], as_index=False).agg(
-        session_start=("ts", "min"), session_end=("ts", "max"), events=("event_id", "size"),
-        purchases=("event_type", lambda s: int((s == "purchase").sum())), revenue=("amount", "sum"),
-    )  # fmt: skip
-    truth["duration_s"] = (truth["session_end"] - truth["session_start"]).dt.total_seconds()
-    actual = spark_rows(spark, activity, "sessions")
-    assert_same(actual, truth, VIEWS["sessions"].keys)
-    assert (actual["duration_s"] > 300).any() and (actual["purchases"] > 0).any()
+@pytest.mark.parametrize(
+    ("view", "source"),
+    [
+        ("sensor_stats", "iot"),
+        ("location_stats", "iot"),
+        ("activity_stats", "activity"),
+        ("sessions", "activity"),
+    ],
+)
+def test_view_equals_pandas_ground_truth(spark, request, view, source):
+    frame = request.getfixturevalue(source)
+    truth = ground_truth.VIEWS[view](ground_truth.clean_events(frame))
+    actual = spark_rows(spark, frame, view)
+    assert_same(actual, truth, VIEWS[view].keys)
+    if "window_start" in actual:  # aligned to UTC midnight: no window spans two days
+        last_instant = actual["window_start"] + pd.Timedelta(seconds=WINDOW_S - 1)
+        assert (actual["window_start"].dt.floor("D") == last_instant.dt.floor("D")).all()
+    if view == "activity_stats":
+        assert set(actual["browser"]) == {"chrome", "firefox", "safari", "edge"}
+    if view == "sessions":
+        assert (actual["duration_s"] > 300).any() and (actual["purchases"] > 0).any()

@@ -1,0 +1,60 @@
+"""The views recomputed with plain pandas, independently of lambdaflow.views: the tests' ground truth."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+WINDOW_S, GAP_S = 300, 1800
+
+
+def clean_events(frame: pd.DataFrame) -> pd.DataFrame:
+    """First copy of each event_id (lowest Kafka offset), categories trimmed and lower-cased."""
+    frame = frame.sort_values(["_partition", "_offset"]).drop_duplicates("event_id", keep="first").copy()
+    for name in ("location", "browser", "page"):
+        if name in frame:
+            frame[name] = frame[name].str.strip().str.lower()
+    frame["window_start"] = frame["ts"].dt.floor(f"{WINDOW_S}s")
+    if "amount" in frame:
+        frame["amount"] = frame["amount"].fillna(0.0)
+    return frame
+
+
+def sensor_stats(events: pd.DataFrame) -> pd.DataFrame:
+    return events.groupby(["window_start", "sensor_id", "location"], as_index=False).agg(
+        events=("event_id", "size"), temperature_avg=("temperature", "mean"),
+        temperature_min=("temperature", "min"), temperature_max=("temperature", "max"),
+        humidity_avg=("humidity", "mean"), pressure_avg=("pressure", "mean"), battery_min=("battery", "min"),
+    )  # fmt: skip
+
+
+def location_stats(events: pd.DataFrame) -> pd.DataFrame:
+    return events.groupby(["window_start", "location"], as_index=False).agg(
+        events=("event_id", "size"), sensors=("sensor_id", "nunique"),
+        temperature_avg=("temperature", "mean"), temperature_max=("temperature", "max"),
+    )  # fmt: skip
+
+
+def activity_stats(events: pd.DataFrame) -> pd.DataFrame:
+    return events.groupby(["window_start", "event_type", "browser"], as_index=False).agg(
+        events=("event_id", "size"), users=("user_id", "nunique"), revenue=("amount", "sum"),
+    )  # fmt: skip
+
+
+def sessions(events: pd.DataFrame) -> pd.DataFrame:
+    events = events.sort_values(["session_id", "ts"]).copy()
+    gap = events.groupby("session_id")["ts"].diff() >= pd.Timedelta(seconds=GAP_S)
+    events["burst"] = gap.groupby(events["session_id"]).cumsum()
+    truth = events.groupby(["session_id", "user_id", "burst"], as_index=False).agg(
+        session_start=("ts", "min"), session_end=("ts", "max"), events=("event_id", "size"),
+        purchases=("event_type", lambda s: int((s == "purchase").sum())), revenue=("amount", "sum"),
+    )  # fmt: skip
+    truth["duration_s"] = (truth["session_end"] - truth["session_start"]).dt.total_seconds()
+    return truth.drop(columns="burst")
+
+
+VIEWS = {
+    "sensor_stats": sensor_stats,
+    "location_stats": location_stats,
+    "activity_stats": activity_stats,
+    "sessions": sessions,
+}

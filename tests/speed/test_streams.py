@@ -1,0 +1,88 @@
+"""The speed layer's view queries through a real broker and Spark into the store equal the static views and
+the pandas ground truth (approximate distinct counts within 3 standard deviations of their precision)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from lambdaflow import store
+from lambdaflow.views import APPROX_DISTINCT_RSD, VIEWS, clean, dedupe_exact
+from speed.streams import ProgressRecorder, start_view_query
+from tests import ground_truth
+from tests.conftest import run_cli, settings_env
+from tests.kafka_helpers import consume_all
+from tests.oracle import is_valid
+
+pytestmark = pytest.mark.integration
+FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"]
+APPROXIMATE = {"location_stats": ["sensors"], "activity_stats": ["users"]}
+
+
+def topic_frame(settings, topic: str, contract: str, count: int) -> pd.DataFrame:
+    rows = []
+    for record in consume_all(settings.kafka_bootstrap_servers, topic, count):
+        if is_valid(contract, record.value, record.timestamp):
+            rows.append(
+                {**json.loads(record.value), "_partition": record.partition, "_offset": record.offset}
+            )
+    frame = pd.DataFrame(rows)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def store_frame(settings, view: str) -> pd.DataFrame:
+    table = store.SPEED_TABLES[view]
+    with store.connect(settings.resolved_store_url).connect() as connection:
+        frame = pd.DataFrame(connection.execute(select(table)).mappings().all())
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].dt.tz_localize("UTC")
+    return frame.drop(columns="updated_at").sort_values(list(VIEWS[view].keys)).reset_index(drop=True)
+
+
+def compare(actual: pd.DataFrame, expected: pd.DataFrame, view: str) -> None:
+    keys = list(VIEWS[view].keys)
+    expected = expected.sort_values(keys).reset_index(drop=True)[list(actual.columns)]
+    assert len(actual) == len(expected)
+    approximate = APPROXIMATE.get(view, [])
+    exact_columns = [c for c in actual.columns if c not in approximate]
+    pd.testing.assert_frame_equal(
+        actual[exact_columns], expected[exact_columns], check_dtype=False, rtol=1e-9
+    )
+    for column in approximate:
+        error = (actual[column] - expected[column]).abs()
+        bound = (expected[column] * 3 * APPROX_DISTINCT_RSD).clip(lower=1)
+        assert (error <= bound).all(), (column, error.max())
+
+
+@pytest.mark.parametrize(("view", "kind"), [("sensor_stats", "iot"), ("location_stats", "iot"),
+                                            ("activity_stats", "activity")])  # fmt: skip
+def test_stream_equals_static_view_and_ground_truth(spark, settings, view, kind):
+    topic = settings.topic_iot if kind == "iot" else settings.topic_activity
+    contract = "iot_sensors" if kind == "iot" else "user_activity"
+    run_cli(
+        ["produce", kind, "--count", "4000", "--rate", "0", "--seed", "11", *FAULTS], settings_env(settings)
+    )
+    spark.streams.addListener(ProgressRecorder(settings.resolved_store_url))
+    query = start_view_query(spark, settings, view, once=True)
+    query.awaitTermination()
+    assert query.exception() is None
+
+    streamed = store_frame(settings, view)
+    frame = topic_frame(settings, topic, contract, 4000)
+    truth = ground_truth.VIEWS[view](ground_truth.clean_events(frame))
+    compare(streamed, truth, view)
+
+    static_events = dedupe_exact(clean(spark.createDataFrame(frame.drop(columns=["_partition", "_offset"]))))
+    static = VIEWS[view].build(static_events, settings.window_seconds, exact=True).toPandas()
+    static["window_start"] = pd.to_datetime(static["window_start"]).dt.tz_localize("UTC")
+    compare(streamed, static, view)
+
+    with store.connect(settings.resolved_store_url).connect() as connection:
+        progress = connection.execute(select(store.stream_progress)).mappings().all()
+    [row] = [p for p in progress if p["query"] == f"speed_{view}"]
+    assert row["max_event_ts"] is not None and row["late_rows"] == 0
