@@ -7,6 +7,7 @@ what it runs. Configuration errors stop a command with one line on stderr and ex
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
 import time
@@ -155,7 +156,12 @@ def _parse_start(value: str | None) -> datetime | None:
 )
 @click.option("--count", type=click.IntRange(min=0), help="Stop after this many records.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the simulator and the faults.")
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed of the simulator and the faults, to reproduce a run [default: a fresh random seed, "
+    "so event_ids never repeat across runs].",
+)
 @click.option("--sensors", type=click.IntRange(min=1), default=50, show_default=True, help="IoT sensors.")
 @click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True, help="Web users.")
 @click.option(
@@ -175,7 +181,7 @@ def _parse_start(value: str | None) -> datetime | None:
 @_one_line_errors
 def produce(
     kind: str | None, from_file: Path | None, topic: str | None, rate: float | None, count: int | None,
-    duration: float | None, seed: int, sensors: int, users: int, start: str | None, duplicates: float,
+    duration: float | None, seed: int | None, sensors: int, users: int, start: str | None, duplicates: float,
     late: float, out_of_order: float, malformed: float,
 ) -> None:  # fmt: skip
     """Produce simulated IoT readings or user activity (KIND), or replay a file (--from-file)."""
@@ -206,6 +212,9 @@ def produce(
         report = SendReport(topic)
         pace = rate or 0.0
     else:
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        log.info("simulating %s with seed %d (pass --seed %d to reproduce)", kind, seed, seed)
         events_per_second = 100.0 if rate is None else rate
         simulator = (
             IotSimulator(seed=seed, sensors=sensors)
@@ -275,7 +284,8 @@ def stream(once: bool, only: str | None) -> None:
         )
     settings = _settings()
     spark = spark_session(settings, "lambdaflow-stream")
-    spark.streams.addListener(ProgressRecorder(settings.resolved_store_url))
+    recorder = ProgressRecorder(settings.resolved_store_url)
+    spark.streams.addListener(recorder)
     queries = [
         start_archiver(spark, settings, once=once) if name == "archiver" else start_view_query(
             spark, settings, name, once=once)
@@ -290,6 +300,8 @@ def stream(once: bool, only: str | None) -> None:
         for query in queries:
             query.stop()
     failed = [f"{q.name}: {q.exception()}" for q in queries if q.exception() is not None]
+    spark.streams.removeListener(recorder)  # before the JVM outlives the Python callback server
+    spark.stop()
     if failed:
         _fail("; ".join(failed))
 

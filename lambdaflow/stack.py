@@ -63,7 +63,7 @@ def demo_processes(settings: Settings, iot_rate: float, activity_rate: float) ->
         "0.002",
     ]
     return {
-        "archiver": [*command, "archive"],
+        "stream": [*command, "stream"],  # the lake archiver and the speed layer's view queries
         "iot": [*command, "produce", "iot", "--rate", str(iot_rate), *demo_faults],
         "activity": [*command, "produce", "activity", "--rate", str(activity_rate), *demo_faults],
     }
@@ -75,6 +75,7 @@ def print_endpoints(settings: Settings, broker: EmbeddedBroker, out: TextIO = sy
         ("topics", ", ".join((*settings.topics, settings.topic_dead_letter, settings.topic_alerts))),
         ("lake (Parquet)", str(settings.lake_dir)),
         ("archiver status", str(settings.data_dir.resolve() / "status" / "archiver.json")),
+        ("serving store (speed_* tables)", settings.resolved_store_url),
     ]
     width = max(len(name) for name, _ in rows)
     out.write("\nlambdaflow is up — Ctrl-C stops everything\n")

@@ -97,6 +97,7 @@ class SpeedSink:
             row["updated_at"] = now
         engine = _engine(self.store_url)
         store.upsert(engine, store.SPEED_TABLES[self.view_name], rows)
+        log.info("%s batch %d: %d aggregates upserted", query_name(self.view_name), batch_id, len(rows))
 
 
 _ENGINES: dict[str, Any] = {}

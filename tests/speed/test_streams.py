@@ -86,3 +86,16 @@ def test_stream_equals_static_view_and_ground_truth(spark, settings, view, kind)
         progress = connection.execute(select(store.stream_progress)).mappings().all()
     [row] = [p for p in progress if p["query"] == f"speed_{view}"]
     assert row["max_event_ts"] is not None and row["late_rows"] == 0
+
+
+def test_a_restarted_query_adds_new_events_to_the_stored_aggregates(spark, settings):
+    env = settings_env(settings)
+    for _ in range(2):  # two producer runs, the query restarted from its checkpoint in between
+        run_cli(["produce", "iot", "--count", "1500", "--rate", "0", "--duplicates", "0.05"], env)
+        query = start_view_query(spark, settings, "sensor_stats", once=True)
+        query.awaitTermination()
+        assert query.exception() is None
+    truth = ground_truth.sensor_stats(
+        ground_truth.clean_events(topic_frame(settings, settings.topic_iot, "iot_sensors", 3000))
+    )
+    compare(store_frame(settings, "sensor_stats"), truth, "sensor_stats")
