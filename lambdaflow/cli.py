@@ -273,9 +273,9 @@ def stream(once: bool, only: str | None) -> None:
     from ingestion.archiver import start_archiver
     from lambdaflow.spark import spark_session
     from lambdaflow.views import VIEWS
-    from speed.streams import ProgressRecorder, start_view_query
+    from speed.streams import ProgressRecorder, start_alert_query, start_view_query
 
-    known = ["archiver", *VIEWS]
+    known = ["archiver", *VIEWS, "alerts"]
     selected = [name.strip() for name in only.split(",")] if only else known
     unknown = sorted(set(selected) - set(known))
     if unknown:
@@ -286,11 +286,12 @@ def stream(once: bool, only: str | None) -> None:
     spark = spark_session(settings, "lambdaflow-stream")
     recorder = ProgressRecorder(settings.resolved_store_url)
     spark.streams.addListener(recorder)
-    queries = [
-        start_archiver(spark, settings, once=once) if name == "archiver" else start_view_query(
-            spark, settings, name, once=once)
-        for name in selected
-    ]  # fmt: skip
+    starters = {
+        "archiver": lambda: start_archiver(spark, settings, once=once),
+        "alerts": lambda: start_alert_query(spark, settings, once=once),
+    }
+    queries = [starters.get(name, lambda n=name: start_view_query(spark, settings, n, once=once))()
+               for name in selected]  # fmt: skip
     log.info("streaming %s (%s); store %s", ", ".join(selected), "once" if once else "continuous",
              settings.resolved_store_url)  # fmt: skip
     try:

@@ -89,6 +89,7 @@ class SpeedSink:
 
     view_name: str
     store_url: str
+    settings: Settings | None = None  # for the sessions view's alerts
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         rows = [row.asDict() for row in batch.collect()]
@@ -98,6 +99,12 @@ class SpeedSink:
         engine = _engine(self.store_url)
         store.upsert(engine, store.SPEED_TABLES[self.view_name], rows)
         log.info("%s batch %d: %d aggregates upserted", query_name(self.view_name), batch_id, len(rows))
+        if self.view_name == "sessions" and self.settings is not None:
+            from speed.alerts import Thresholds, session_alerts
+
+            thresholds = Thresholds.from_settings(self.settings)
+            new = record_alerts(engine, [a for row in rows for a in session_alerts(row, thresholds)])
+            publish_alerts(self.settings, new)
 
 
 _ENGINES: dict[str, Any] = {}
@@ -125,7 +132,7 @@ def start_view_query(
         view_stream(spark, settings, view_name)
         .writeStream.queryName(query_name(view_name))
         .outputMode(OUTPUT_MODES.get(view_name, "update"))
-        .foreachBatch(SpeedSink(view_name, settings.resolved_store_url))
+        .foreachBatch(SpeedSink(view_name, settings.resolved_store_url, settings))
         .option("checkpointLocation", str(settings.checkpoint_dir / query_name(view_name)))
     )
     trigger = {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
@@ -175,3 +182,105 @@ class ProgressRecorder(StreamingQueryListener):
 
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@dataclass
+class AlertSink:
+    """foreachBatch function for IoT readings: the reading alert rules, written once to the store (ids are
+    deterministic) and each new alert to the alerts topic."""
+
+    settings: Settings
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        from speed.alerts import Thresholds, reading_alerts
+
+        thresholds = Thresholds.from_settings(self.settings)
+        engine = _engine(self.settings.resolved_store_url)
+        with engine.connect() as connection:
+            baselines = {
+                (row.sensor_id, row.hour_of_day): (row.temperature_mean, row.temperature_std)
+                for row in connection.execute(store.baselines.select())
+            }
+        breaking = (F.col("temperature") > thresholds.temperature_c) | (
+            F.col("battery") < thresholds.battery_pct
+        )
+        if baselines:  # anomalies: join the (small) baselines and keep readings beyond |z|
+            rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
+            if rows:
+                frame = batch.sparkSession.createDataFrame(
+                    rows, "b_sensor string, b_hour int, b_mean double, b_std double"
+                )
+                batch = batch.join(
+                    F.broadcast(frame),
+                    (batch.sensor_id == frame.b_sensor) & (F.hour("ts") == frame.b_hour),
+                    "left",
+                )
+                z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
+                breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
+        columns = [
+            "event_id",
+            "sensor_id",
+            "location",
+            "ts",
+            "temperature",
+            "humidity",
+            "pressure",
+            "battery",
+        ]
+        candidates = [row.asDict() for row in batch.where(breaking).select(*columns).collect()]
+        alerts = [alert for event in candidates for alert in reading_alerts(event, thresholds, baselines)]
+        new = record_alerts(engine, alerts)
+        publish_alerts(self.settings, new)
+        if alerts:
+            log.info("speed_alerts batch %d: %d alerts, %d new", batch_id, len(alerts), len(new))
+
+
+def record_alerts(engine: Any, alerts: list) -> list:
+    """Insert the alerts the store does not have yet; return those (a replayed batch returns none)."""
+    if not alerts:
+        return []
+    ids = [alert.alert_id for alert in alerts]
+    with engine.connect() as connection:
+        table = store.alerts
+        known = set(connection.execute(table.select().with_only_columns(table.c.alert_id).where(
+            table.c.alert_id.in_(ids))).scalars())  # fmt: skip
+    new = list({alert.alert_id: alert for alert in alerts if alert.alert_id not in known}.values())
+    store.insert_new(engine, store.alerts, [alert.row() for alert in new])
+    return new
+
+
+_ALERT_PRODUCERS: dict[str, Any] = {}
+
+
+def publish_alerts(settings: Settings, alerts: list) -> None:
+    """Send alerts to the alerts topic, keyed by subject (sensor or session), as JSON."""
+    if not alerts:
+        return
+    import orjson
+    from kafka import KafkaProducer
+
+    key = settings.kafka_bootstrap_servers
+    if key not in _ALERT_PRODUCERS:
+        _ALERT_PRODUCERS[key] = KafkaProducer(**settings.kafka_client_config(), acks="all", linger_ms=5,
+                                              enable_idempotence=False)  # fmt: skip
+    producer = _ALERT_PRODUCERS[key]
+    for alert in alerts:
+        producer.send(settings.topic_alerts, key=alert.subject.encode(), value=orjson.dumps(alert.row()))
+    producer.flush()
+
+
+ALERTS_QUERY = "speed_alerts"
+
+
+def start_alert_query(spark: SparkSession, settings: Settings, once: bool = False) -> StreamingQuery:
+    """Reading alerts: stateless over the IoT readings (replays give the same deterministic ids)."""
+    writer = (
+        valid_events(spark, settings, "iot_sensors")
+        .writeStream.queryName(ALERTS_QUERY)
+        .foreachBatch(AlertSink(settings))
+        .option("checkpointLocation", str(settings.checkpoint_dir / ALERTS_QUERY))
+    )
+    trigger = {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
+    return writer.trigger(**trigger).start()
