@@ -27,6 +27,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from lambdaflow.views import VIEWS
 
@@ -120,8 +122,16 @@ def connect(url: str, create: bool = True) -> Engine:
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        metadata.create_all(engine)
+        _create_tables(engine)
     return engine
+
+
+@retry(retry=retry_if_exception_type(DBAPIError), stop=stop_after_attempt(4), wait=wait_random(0.05, 0.5),
+       reraise=True)  # fmt: skip
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables. Processes starting together race on PostgreSQL (the loser of a concurrent
+    CREATE TABLE gets a duplicate-key error); a retry then finds the tables there."""
+    metadata.create_all(engine)
 
 
 def utc_naive(moment: datetime | None) -> datetime | None:

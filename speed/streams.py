@@ -103,8 +103,7 @@ class SpeedSink:
             from speed.alerts import Thresholds, session_alerts
 
             thresholds = Thresholds.from_settings(self.settings)
-            new = record_alerts(engine, [a for row in rows for a in session_alerts(row, thresholds)])
-            publish_alerts(self.settings, new)
+            record_alerts(engine, self.settings, [a for row in rows for a in session_alerts(row, thresholds)])
 
 
 _ENGINES: dict[str, Any] = {}
@@ -156,7 +155,12 @@ class ProgressRecorder(StreamingQueryListener):
         pass
 
     def onQueryProgress(self, event: Any) -> None:
-        progress = event.progress
+        try:
+            self._record(event.progress)
+        except Exception as exc:  # progress is reporting: it must never disturb the queries
+            log.warning("could not record the progress of %s: %s", event.progress.name, exc)
+
+    def _record(self, progress: Any) -> None:
         name = progress.name or str(progress.id)
         dropped = sum(operator.numRowsDroppedByWatermark for operator in progress.stateOperators)
         engine = _engine(self.store_url)
@@ -231,14 +235,17 @@ class AlertSink:
         ]
         candidates = [row.asDict() for row in batch.where(breaking).select(*columns).collect()]
         alerts = [alert for event in candidates for alert in reading_alerts(event, thresholds, baselines)]
-        new = record_alerts(engine, alerts)
-        publish_alerts(self.settings, new)
+        new = record_alerts(engine, self.settings, alerts)
         if alerts:
             log.info("speed_alerts batch %d: %d alerts, %d new", batch_id, len(alerts), len(new))
 
 
-def record_alerts(engine: Any, alerts: list) -> list:
-    """Insert the alerts the store does not have yet; return those (a replayed batch returns none)."""
+def record_alerts(engine: Any, settings: Settings, alerts: list) -> list:
+    """Publish the alerts the store does not have yet to the alerts topic, then insert them; return those.
+
+    Publishing first means a crash between the two re-sends an alert on replay (same `alert_id`) rather than
+    losing it: the topic is at least once, the store exactly once.
+    """
     if not alerts:
         return []
     ids = [alert.alert_id for alert in alerts]
@@ -247,6 +254,7 @@ def record_alerts(engine: Any, alerts: list) -> list:
         known = set(connection.execute(table.select().with_only_columns(table.c.alert_id).where(
             table.c.alert_id.in_(ids))).scalars())  # fmt: skip
     new = list({alert.alert_id: alert for alert in alerts if alert.alert_id not in known}.values())
+    publish_alerts(settings, new)
     store.insert_new(engine, store.alerts, [alert.row() for alert in new])
     return new
 

@@ -4,6 +4,7 @@ the pandas ground truth (approximate distinct counts within 3 standard deviation
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -20,6 +21,28 @@ from tests.oracle import is_valid
 pytestmark = pytest.mark.integration
 FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"]
 APPROXIMATE = {"location_stats": ["sensors"], "activity_stats": ["users"]}
+
+
+@pytest.fixture
+def progress_recorder(spark, settings):
+    """This test's progress listener, removed afterwards so listeners do not pile up on the shared session."""
+    recorder = ProgressRecorder(settings.resolved_store_url)
+    spark.streams.addListener(recorder)
+    yield recorder
+    spark.streams.removeListener(recorder)
+
+
+def wait_for_progress(settings, query: str, timeout_s: float = 10.0) -> dict:
+    """The query's stream_progress row (listener events arrive asynchronously, after the query ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with store.connect(settings.resolved_store_url).connect() as connection:
+            table = store.stream_progress
+            row = connection.execute(select(table).where(table.c.query == query)).mappings().first()
+        if (row is not None and row["max_event_ts"] is not None) or time.monotonic() > deadline:
+            assert row is not None, f"no progress recorded for {query}"
+            return dict(row)
+        time.sleep(0.2)
 
 
 def topic_frame(settings, topic: str, contract: str, count: int) -> pd.DataFrame:
@@ -61,13 +84,12 @@ def compare(actual: pd.DataFrame, expected: pd.DataFrame, view: str) -> None:
 
 @pytest.mark.parametrize(("view", "kind"), [("sensor_stats", "iot"), ("location_stats", "iot"),
                                             ("activity_stats", "activity")])  # fmt: skip
-def test_stream_equals_static_view_and_ground_truth(spark, settings, view, kind):
+def test_stream_equals_static_view_and_ground_truth(spark, settings, progress_recorder, view, kind):
     topic = settings.topic_iot if kind == "iot" else settings.topic_activity
     contract = "iot_sensors" if kind == "iot" else "user_activity"
     run_cli(
         ["produce", kind, "--count", "4000", "--rate", "0", "--seed", "11", *FAULTS], settings_env(settings)
     )
-    spark.streams.addListener(ProgressRecorder(settings.resolved_store_url))
     query = start_view_query(spark, settings, view, once=True)
     query.awaitTermination()
     assert query.exception() is None
@@ -82,9 +104,7 @@ def test_stream_equals_static_view_and_ground_truth(spark, settings, view, kind)
     static["window_start"] = pd.to_datetime(static["window_start"]).dt.tz_localize("UTC")
     compare(streamed, static, view)
 
-    with store.connect(settings.resolved_store_url).connect() as connection:
-        progress = connection.execute(select(store.stream_progress)).mappings().all()
-    [row] = [p for p in progress if p["query"] == f"speed_{view}"]
+    row = wait_for_progress(settings, f"speed_{view}")
     assert row["max_event_ts"] is not None and row["late_rows"] == 0
 
 
