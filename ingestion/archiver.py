@@ -39,6 +39,7 @@ from lambdaflow.lake import (
 )
 from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
+from lambdaflow.spark import trigger
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,4 @@ def start_archiver(spark: SparkSession, settings: Settings, once: bool = False) 
         .foreachBatch(archive_batch(settings, status))
         .option("checkpointLocation", str(settings.checkpoint_dir / QUERY_NAME))
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if once
-        else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
-    )
-    return writer.start()
+    return writer.trigger(**trigger(settings, once)).start()

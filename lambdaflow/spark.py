@@ -23,6 +23,11 @@ def prepare_environment() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
 
 
+def trigger(settings: Settings, once: bool) -> dict[str, object]:
+    """`DataStreamWriter.trigger` arguments: everything available now then stop, or every trigger_seconds."""
+    return {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
+
+
 def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSession:
     prepare_environment()
     session = (

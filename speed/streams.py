@@ -26,6 +26,7 @@ from lambdaflow.kafka_source import FORMAT
 from lambdaflow.lake import RAW_SCHEMAS
 from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
+from lambdaflow.spark import trigger
 from lambdaflow.views import VIEWS, clean, dedupe_within_watermark
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,7 @@ def start_view_query(
         .foreachBatch(SpeedSink(view_name, settings.resolved_store_url, settings))
         .option("checkpointLocation", str(settings.checkpoint_dir / query_name(view_name)))
     )
-    trigger = {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
-    return writer.trigger(**trigger).start()
+    return writer.trigger(**trigger(settings, once)).start()
 
 
 class ProgressRecorder(StreamingQueryListener):
@@ -290,5 +290,4 @@ def start_alert_query(spark: SparkSession, settings: Settings, once: bool = Fals
         .foreachBatch(AlertSink(settings))
         .option("checkpointLocation", str(settings.checkpoint_dir / ALERTS_QUERY))
     )
-    trigger = {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
-    return writer.trigger(**trigger).start()
+    return writer.trigger(**trigger(settings, once)).start()

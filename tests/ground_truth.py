@@ -14,8 +14,8 @@ def clean_events(frame: pd.DataFrame) -> pd.DataFrame:
         if name in frame:
             frame[name] = frame[name].str.strip().str.lower()
     frame["window_start"] = frame["ts"].dt.floor(f"{WINDOW_S}s")
-    if "amount" in frame:
-        frame["amount"] = frame["amount"].fillna(0.0)
+    if "event_type" in frame:  # user activity: amount is absent unless some event is a purchase
+        frame["amount"] = frame["amount"].fillna(0.0) if "amount" in frame else 0.0
     return frame
 
 
