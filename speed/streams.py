@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
@@ -40,26 +41,42 @@ def topic_for(settings: Settings, contract: str) -> str:
     return {contract: topic for topic, contract in topic_contracts(settings).items()}[contract]
 
 
+INVALID = "_invalid"
+INVALID_METRIC = "records"  # observed metric: the records of a micro-batch that broke their contract
+
+
+def _flagged_schema(contract: str) -> pa.Schema:
+    return RAW_SCHEMAS[contract].append(pa.field(INVALID, pa.bool_()))
+
+
 @dataclass(frozen=True)
 class ParseValid:
-    """mapInArrow function: Kafka records in, the valid events (contract columns + coordinates) out."""
+    """mapInArrow function: Kafka records in, the valid events (contract columns + coordinates) out, plus one
+    all-null row flagged `_invalid` per record that breaks its contract, so the query can count them."""
 
     contracts: dict[str, str]
     contract: str
     max_future: timedelta
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        schema = RAW_SCHEMAS[self.contract]
+        schema = _flagged_schema(self.contract)
         for batch in batches:
             split = split_records(
                 pa.Table.from_batches([batch]), self.contracts, self.max_future, datetime.now(UTC)
             )
             if split.valid:
-                yield pa.RecordBatch.from_pylist(split.valid, schema=schema)
+                rows = [{**row, INVALID: False} for row in split.valid]
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            if split.invalid:
+                count = len(split.invalid)
+                nulls = [pa.nulls(count, field.type) for field in list(schema)[:-1]]
+                yield pa.RecordBatch.from_arrays([*nulls, pa.array([True] * count)], schema=schema)
 
 
 def valid_events(spark: SparkSession, settings: Settings, contract: str) -> DataFrame:
-    """The stream of valid events of one contract's topic (invalid records are the archiver's to route)."""
+    """The stream of valid events of one contract's topic. Invalid records are counted (the `records`
+    observed metric, which the progress recorder adds to `stream_progress.invalid_rows`) and left to the
+    archiver, which routes them to the dead-letter topic and the quarantine."""
     assert contract in MODELS
     source = (
         spark.readStream.format(FORMAT)
@@ -70,7 +87,10 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
         .load()
     )
     parse = ParseValid(topic_contracts(settings), contract, timedelta(seconds=settings.max_future_seconds))
-    return source.mapInArrow(parse, from_arrow_schema(RAW_SCHEMAS[contract], prefer_timestamp_ntz=False))
+    schema = from_arrow_schema(_flagged_schema(contract), prefer_timestamp_ntz=False)
+    parsed = source.mapInArrow(parse, schema)
+    invalid = F.sum(F.col(INVALID).cast("long")).alias("invalid_rows")
+    return parsed.observe(INVALID_METRIC, invalid).where(~F.col(INVALID)).drop(INVALID)
 
 
 def view_stream(spark: SparkSession, settings: Settings, view_name: str) -> DataFrame:
@@ -140,7 +160,8 @@ def start_view_query(
 
 class ProgressRecorder(StreamingQueryListener):
     """Writes each query's progress to the store's `stream_progress` table: the last batch, its input rows,
-    the rows dropped behind the watermark (cumulative), the max event time and the watermark."""
+    the invalid records and the rows dropped behind the watermark (both cumulative), the max event time and
+    the watermark."""
 
     def __init__(self, store_url: str) -> None:
         self.store_url = store_url
@@ -163,6 +184,8 @@ class ProgressRecorder(StreamingQueryListener):
     def _record(self, progress: Any) -> None:
         name = progress.name or str(progress.id)
         dropped = sum(operator.numRowsDroppedByWatermark for operator in progress.stateOperators)
+        observed = (progress.observedMetrics or {}).get(INVALID_METRIC)
+        invalid = (observed["invalid_rows"] if observed is not None else None) or 0
         engine = _engine(self.store_url)
         table = store.stream_progress
         with engine.connect() as connection:  # continue counts and times across restarts and idle batches
@@ -172,12 +195,15 @@ class ProgressRecorder(StreamingQueryListener):
         if previous is not None and previous.max_event_ts is not None:
             max_event_ts = max(filter(None, [max_event_ts, previous.max_event_ts.replace(tzinfo=UTC)]))
         watermark = _parse_time(event_time.get("watermark")) or (previous.watermark if previous else None)
+        counted = previous is not None and progress.batchId <= previous.batch_id  # a repeated report
+        late_rows = (previous.late_rows if previous else 0) + (0 if counted else dropped)
+        invalid_rows = (previous.invalid_rows if previous else 0) + (0 if counted else invalid)
         store.upsert(engine, table, [{
             "query": name,
             "batch_id": progress.batchId,
             "input_rows": progress.numInputRows,
-            "invalid_rows": 0,
-            "late_rows": (previous.late_rows if previous else 0) + dropped,
+            "invalid_rows": invalid_rows,
+            "late_rows": late_rows,
             "max_event_ts": max_event_ts,
             "watermark": watermark,
             "updated_at": datetime.now(UTC),
@@ -196,8 +222,6 @@ class AlertSink:
     settings: Settings
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
         from speed.alerts import Thresholds, reading_alerts
 
         thresholds = Thresholds.from_settings(self.settings)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from lambdaflow.views import APPROX_DISTINCT_RSD, VIEWS, clean, dedupe_exact
 from speed.streams import ProgressRecorder, start_view_query
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
-from tests.kafka_helpers import consume_all
+from tests.kafka_helpers import consume_all, produce_values
 from tests.oracle import is_valid
 
 pytestmark = pytest.mark.integration
@@ -106,6 +108,45 @@ def test_stream_equals_static_view_and_ground_truth(spark, settings, progress_re
 
     row = wait_for_progress(settings, f"speed_{view}")
     assert row["max_event_ts"] is not None and row["late_rows"] == 0
+    records = consume_all(settings.kafka_bootstrap_servers, topic, 4000)
+    assert row["invalid_rows"] == sum(not is_valid(contract, r.value, r.timestamp) for r in records) > 0
+
+
+def _readings(start: datetime, count: int, step_s: float) -> list[bytes]:
+    return [
+        json.dumps({
+            "event_id": str(uuid.uuid4()), "sensor_id": f"s-{i % 5}", "location": "lab",
+            "ts": (start + timedelta(seconds=i * step_s)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "temperature": 20.0 + i % 7, "humidity": 40.0, "pressure": 1000.0, "battery": 90.0 - i % 3,
+        }).encode()
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_events_behind_the_watermark_are_dropped_and_counted(spark, settings, progress_recorder):
+    """Three runs from one checkpoint: events at T, events at T+30 min (the watermark moves to T+20 min), then
+    20 events at T (behind it: dropped, counted) and 10 at T+31 min (kept)."""
+    start = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    stages = [
+        _readings(start, 50, 1.0),
+        _readings(start + timedelta(minutes=30), 50, 1.0),
+        _readings(start + timedelta(seconds=5), 20, 1.0) + _readings(start + timedelta(minutes=31), 10, 1.0),
+    ]
+    for values in stages:
+        produce_values(settings.kafka_bootstrap_servers, settings.topic_iot, values)
+        query = start_view_query(spark, settings, "sensor_stats", once=True)
+        query.awaitTermination()
+        assert query.exception() is None
+
+    frame = topic_frame(settings, settings.topic_iot, "iot_sensors", 130)
+    on_time = frame[~frame["event_id"].isin({json.loads(v)["event_id"] for v in stages[2][:20]})]
+    truth = ground_truth.sensor_stats(ground_truth.clean_events(on_time))
+    compare(store_frame(settings, "sensor_stats"), truth, "sensor_stats")
+    deadline = time.monotonic() + 10
+    while (row := wait_for_progress(settings, "speed_sensor_stats"))["late_rows"] < 20:
+        assert time.monotonic() < deadline, f"late rows counted: {row['late_rows']}, expected 20"
+        time.sleep(0.2)
+    assert row["late_rows"] == 20 and row["invalid_rows"] == 0
 
 
 def test_a_restarted_query_adds_new_events_to_the_stored_aggregates(spark, settings):
