@@ -1,19 +1,26 @@
-"""`python -m benchmarks [producer] [archiver]`: run the benchmarks (all by default) and print the table."""
+"""`python -m benchmarks [producer] [archiver] [freshness] [speed]`: run benchmarks (all by default),
+print the table and write the JSON."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import ingestion
+from benchmarks import ingestion, speed
 from benchmarks.common import report
+
+GROUPS = {"producer": ingestion, "archiver": ingestion, "freshness": speed, "speed": speed}
 
 
 def main(argv: list[str]) -> None:
     selected = set(argv)
-    known = {"producer", "archiver"}
-    if selected - known:
-        sys.exit(f"unknown benchmark(s) {sorted(selected - known)}; choose from {sorted(known)}")
-    report(ingestion.run(selected))
+    if selected - GROUPS.keys():
+        sys.exit(f"unknown benchmark(s) {sorted(selected - GROUPS.keys())}; choose from {sorted(GROUPS)}")
+    results = []
+    for module in (ingestion, speed):
+        wanted = {name for name, owner in GROUPS.items() if owner is module}
+        if not selected or selected & wanted:
+            results += module.run(selected & wanted)
+    report(results)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,11 @@ def hardware() -> dict[str, object]:
 
 
 class PeakMemory:
-    """Samples the resident memory of a process and its descendants; `peak_mib` is the largest total."""
+    """Samples the resident memory of a process and its descendants; `peak_mib` is the largest total and
+    `peak_jvm_mib` the largest of its Java processes (in local mode, Spark's driver JVM)."""
 
     def __init__(self, pid: int, interval_s: float = 0.25) -> None:
-        self.pid, self.interval_s, self.peak_mib = pid, interval_s, 0.0
+        self.pid, self.interval_s, self.peak_mib, self.peak_jvm_mib = pid, interval_s, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -62,8 +63,10 @@ class PeakMemory:
             try:
                 root = psutil.Process(self.pid)
                 processes = [root, *root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in processes if p.is_running())
-                self.peak_mib = max(self.peak_mib, total / 2**20)
+                sizes = {p: p.memory_info().rss / 2**20 for p in processes if p.is_running()}
+                self.peak_mib = max(self.peak_mib, sum(sizes.values()))
+                jvm = [size for p, size in sizes.items() if p.name() == "java"]
+                self.peak_jvm_mib = max([self.peak_jvm_mib, *jvm])
             except psutil.Error:
                 pass
             self._stop.wait(self.interval_s)

@@ -307,6 +307,30 @@ def stream(once: bool, only: str | None) -> None:
         _fail("; ".join(failed))
 
 
+@cli.command("batch")
+@click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="The UTC day to recompute (YYYY-MM-DD).")  # fmt: skip
+@click.option("--publish", is_flag=True, help="Then publish it into the serving store (tables, horizon).")
+@_one_line_errors
+def batch_day(day: datetime, publish: bool) -> None:
+    """Recompute one day's exact views from the lake into lake/views (and optionally publish them)."""
+    from batch.publish import publish_batch_day
+    from batch.recompute import recompute_day
+    from lambdaflow.spark import spark_session
+
+    settings = _settings()
+    spark = spark_session(settings, "lambdaflow-batch")
+    try:
+        result = recompute_day(spark, settings, day.date())
+    finally:
+        spark.stop()
+    click.echo(f"recomputed {result.day} in {result.seconds:.1f} s: "
+               + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()), err=True)  # fmt: skip
+    if publish:
+        horizon = publish_batch_day(settings, day.date())
+        click.echo(f"published {result.day}; horizon {horizon:%Y-%m-%d %H:%M} UTC", err=True)
+
+
 @cli.command()
 @click.option(
     "--iot-rate",

@@ -66,3 +66,7 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
 def read_table(base: Path, columns: list[str] | None = None) -> pa.Table:
     """Read every Parquet file under a topic's folder (all dates) with the `date` partition column."""
     return pq.read_table(base, columns=columns, partitioning="hive")
+
+
+def view_dir(lake: Path, view: str) -> Path:
+    return lake / "views" / view

@@ -41,6 +41,7 @@ def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSess
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # not INT96: readable by pyarrow
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))

@@ -1,20 +1,24 @@
 """The serving store's schema and access (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
 
 Tables: `speed_<view>` (real-time aggregates, primary key = the view's key), `alerts` (deterministic ids),
-`stream_progress` (one row per streaming query), `baselines` (per sensor and hour of day, filled by the batch
-layer). Writers upsert whole rows, so writing the same micro-batch twice leaves the store unchanged.
+`stream_progress` (one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per
+published day), `horizons` (per view, the end of the newest published day), `baselines` (per sensor and hour
+of day, from the batch layer), `quality_runs` (Great Expectations results). Writers upsert whole rows or
+replace whole days, so writing the same micro-batch or day twice leaves the store unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Engine,
     Float,
@@ -25,6 +29,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -63,10 +68,46 @@ def _view_table(prefix: str, view: str) -> Table:
         Column(name, kind, primary_key=name in keys, nullable=name not in keys)
         for name, kind in VIEW_COLUMNS[view].items()
     ]
-    return Table(f"{prefix}_{view}", metadata, *columns, Column("updated_at", _TIME, nullable=False))
+    if prefix == "speed":  # when the stream last changed the aggregate (freshness)
+        return Table(f"{prefix}_{view}", metadata, *columns, Column("updated_at", _TIME, nullable=False))
+    # batch rows carry their day, not a wall-clock time, so republishing a day changes no byte
+    day = Column("day", Date, nullable=False, index=True)
+    return Table(f"{prefix}_{view}", metadata, *columns, day)
 
 
 SPEED_TABLES: dict[str, Table] = {view: _view_table("speed", view) for view in VIEWS}
+BATCH_TABLES: dict[str, Table] = {view: _view_table("batch", view) for view in VIEWS}
+
+# Events per window that reached Kafka more than the watermark after their event time: the speed layer
+# dropped them, the batch layer counts them.
+batch_late_events = Table(
+    "batch_late_events",
+    metadata,
+    Column("window_start", _TIME, primary_key=True),
+    Column("topic", String(128), primary_key=True),
+    Column("events", BigInteger, nullable=False),
+    Column("late_events", BigInteger, nullable=False),
+    Column("day", Date, nullable=False, index=True),
+)
+
+horizons = Table(
+    "horizons",
+    metadata,
+    Column("view", String(64), primary_key=True),
+    Column("horizon", _TIME, nullable=False),  # the end of the newest published day (exclusive)
+)
+
+quality_runs = Table(
+    "quality_runs",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("suite", String(128), primary_key=True),
+    Column("success", Boolean, nullable=False),
+    Column("statistics", Text, nullable=False),  # JSON: evaluated, successful, unsuccessful, percent
+    Column("failed", Text, nullable=False),  # JSON: the failing expectations
+    Column("link", String(1024)),  # the Data Docs page of the run
+    Column("run_at", _TIME, nullable=False),
+)
 
 alerts = Table(
     "alerts",
@@ -166,3 +207,55 @@ def insert_new(engine: Engine, table: Table, rows: Iterable[Mapping[str, Any]]) 
     with engine.begin() as connection:
         result = connection.execute(insert(table).values(rows).on_conflict_do_nothing())
     return max(result.rowcount, 0)
+
+
+def publish_day(
+    engine: Engine,
+    day: date,
+    views: Mapping[str, Sequence[Mapping[str, Any]]],
+    late_events: Sequence[Mapping[str, Any]] = (),
+    baselines_rows: Sequence[Mapping[str, Any]] | None = None,
+) -> datetime:
+    """Publish a recomputed day in one transaction: replace the day's rows in every `batch_<view>` table,
+    advance each view's horizon to the end of the newest published day, and delete the speed rows older than
+    the horizon (the batch rows now answer for them). Returns the day's end. Re-running a day leaves the store
+    as it was."""
+    end = datetime.combine(day + timedelta(days=1), time())
+    with engine.begin() as connection:
+        for view_name, rows in views.items():
+            table = BATCH_TABLES[view_name]
+            connection.execute(table.delete().where(table.c.day == day))
+            _insert_chunks(connection, table, [{**row, "day": day} for row in rows])
+            current = connection.execute(
+                select(horizons.c.horizon).where(horizons.c.view == view_name)
+            ).scalar()
+            horizon = max(filter(None, [current, end]))
+            if current is None:
+                connection.execute(horizons.insert().values(view=view_name, horizon=horizon))
+            else:
+                connection.execute(
+                    horizons.update().where(horizons.c.view == view_name).values(horizon=horizon)
+                )
+            speed = SPEED_TABLES[view_name]
+            time_column = speed.c[VIEWS[view_name].time_column]
+            connection.execute(speed.delete().where(time_column < horizon))
+        connection.execute(batch_late_events.delete().where(batch_late_events.c.day == day))
+        _insert_chunks(connection, batch_late_events, [{**row, "day": day} for row in late_events])
+        if baselines_rows is not None:
+            connection.execute(baselines.delete())
+            _insert_chunks(connection, baselines, baselines_rows)
+    return end
+
+
+def _insert_chunks(
+    connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000
+) -> None:
+    for start in range(0, len(rows), chunk):
+        part = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in
+                rows[start:start + chunk]]  # fmt: skip
+        connection.execute(table.insert(), part)
+
+
+def horizon_of(engine: Engine, view_name: str) -> datetime | None:
+    with engine.connect() as connection:
+        return connection.execute(select(horizons.c.horizon).where(horizons.c.view == view_name)).scalar()

@@ -1,0 +1,198 @@
+"""Speed-layer benchmarks: freshness (producer send → row visible in the store) and sustained throughput.
+
+Freshness: the whole streaming application (`lambdaflow stream`: archiver, views, alerts) runs against demo
+producers at 5,000 events/s; beside them the benchmark sends one probe reading every 100 ms, each from a new
+sensor id, and polls `speed_sensor_stats` for it. A probe's freshness is the time from just before its send to
+the first poll that sees its row.
+
+Throughput: the speed queries drain a backlog of IoT readings and user activity with `stream --once`; the rate
+is the events over the run's wall time minus that of the same run over empty topics (Spark start-up and
+shutdown), so it is what the queries keep up with once running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import statistics
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kafka import KafkaProducer
+from sqlalchemy import select
+
+from benchmarks.common import PeakMemory, Result, lambdaflow, wait_for
+from benchmarks.ingestion import _env, _produce, subprocess_topics
+from lambdaflow import store
+from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.contracts import format_ts
+
+RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
+SPEED_QUERIES = "sensor_stats,location_stats,activity_stats,sessions,alerts"
+BACKLOG_PER_TOPIC = 300_000
+FRESHNESS_RATES = {"iot": 3000, "activity": 2000}  # 5,000 events/s in all
+FRESHNESS_WARMUP_S, FRESHNESS_MEASURE_S, PROBE_INTERVAL_S = 20.0, 45.0, 0.1
+
+
+def _topics(prefix: str) -> dict[str, str]:
+    return {"LAMBDAFLOW_TOPIC_IOT": f"{prefix}_iot", "LAMBDAFLOW_TOPIC_ACTIVITY": f"{prefix}_activity"}
+
+
+def _run_once(env: dict[str, str]) -> tuple[float, PeakMemory]:
+    started = time.monotonic()
+    process = lambdaflow(["stream", "--once", "--only", SPEED_QUERIES], env)
+    with PeakMemory(process.pid) as memory:
+        _, stderr = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"stream --once failed: {stderr[-3000:]}")
+    return time.monotonic() - started, memory
+
+
+def throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
+    loaded, empty = _topics("bench_speed"), _topics("bench_speed_empty")
+    for topics in (loaded, empty):
+        subprocess_topics(_env(broker, work / "speed-load", **topics))
+    for kind in ("iot", "activity"):
+        _produce(_env(broker, work / "speed-load", **loaded), kind, BACKLOG_PER_TOPIC)
+    rates, jvm_peaks, tree_peaks = [], [], []
+    for run in range(RUNS):
+        per_trigger = {"LAMBDAFLOW_MAX_RECORDS_PER_TRIGGER": "100000"}
+        empty_s, _ = _run_once(_env(broker, work / f"speed-empty-{run}", **empty, **per_trigger))
+        full_s, memory = _run_once(_env(broker, work / f"speed-{run}", **loaded, **per_trigger))
+        rates.append(2 * BACKLOG_PER_TOPIC / max(full_s - empty_s, 1e-3))
+        jvm_peaks.append(memory.peak_jvm_mib)
+        tree_peaks.append(memory.peak_mib)
+        print(f"  speed throughput run {run + 1}: {full_s:.1f} s loaded, {empty_s:.1f} s empty", flush=True)
+        for path in (work / f"speed-empty-{run}", work / f"speed-{run}"):
+            shutil.rmtree(path, ignore_errors=True)
+    result = Result("speed queries: backlog drained (5 queries)", "events/s", rates, "≥ 30,000")
+    result.meets_target = result.median >= 30_000
+    memory_result = Result("speed queries: Spark driver JVM peak", "MiB", jvm_peaks, "≤ 2,048")
+    memory_result.meets_target = max(jvm_peaks) <= 2048
+    result.notes["events per run"] = f"{2 * BACKLOG_PER_TOPIC:,} (IoT + activity), 100k a trigger"
+    memory_result.notes["whole application (driver JVM + Python driver + workers), peak"] = (
+        f"{max(tree_peaks):,.0f} MiB"
+    )
+    return [result, memory_result]
+
+
+def _probe(sensor_id: str) -> bytes:
+    return json.dumps({
+        "event_id": str(uuid.uuid4()), "sensor_id": sensor_id, "location": "probe",
+        "ts": format_ts(datetime.now(UTC)),
+        "temperature": 21.0, "humidity": 40.0, "pressure": 1000.0, "battery": 90.0,
+    }).encode()  # fmt: skip
+
+
+class ProbeWatcher:
+    """Polls the store for probe sensors' rows and notes when each was first seen."""
+
+    def __init__(self, store_url: str, interval_s: float = 0.02) -> None:
+        self.engine = store.connect(store_url, create=True)
+        self.interval_s, self.seen = interval_s, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        table = store.SPEED_TABLES["sensor_stats"]
+        query = select(table.c.sensor_id).where(table.c.location == "probe")
+        while not self._stop.is_set():
+            with self.engine.connect() as connection:
+                found = connection.execute(query).scalars().all()
+            now = time.monotonic()
+            for sensor_id in found:
+                self.seen.setdefault(sensor_id, now)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> ProbeWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
+
+
+def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
+    data_dir = work / f"fresh-{run}"
+    env = _env(broker, data_dir, **_topics(f"bench_fresh_{run}"))
+    subprocess_topics(env)
+    app = lambdaflow(["stream"], env, start_new_session=True)
+    producers = []
+    try:
+        store_url = f"sqlite:///{data_dir / 'serving.db'}"
+        wait_for(lambda: (data_dir / "serving.db").exists(), 120, "the streaming application's store")
+        producers = [lambdaflow(["produce", kind, "--rate", str(rate), "--duration", "600"], env)
+                     for kind, rate in FRESHNESS_RATES.items()]  # fmt: skip
+        sender = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks=1, linger_ms=0,
+                               enable_idempotence=False)  # fmt: skip
+        sent: dict[str, float] = {}
+        with ProbeWatcher(store_url) as watcher:
+            begin = time.monotonic()
+            while (elapsed := time.monotonic() - begin) < FRESHNESS_WARMUP_S + FRESHNESS_MEASURE_S:
+                sensor_id = f"probe-{uuid.uuid4().hex[:12]}"
+                at = time.monotonic()
+                sender.send(f"bench_fresh_{run}_iot", key=sensor_id.encode(), value=_probe(sensor_id))
+                sender.flush()
+                if elapsed >= FRESHNESS_WARMUP_S:
+                    sent[sensor_id] = at
+                time.sleep(max(0.0, PROBE_INTERVAL_S - (time.monotonic() - at)))
+            time.sleep(10)  # let the last probes arrive
+        sender.close()
+        if app.poll() is not None:
+            raise RuntimeError(f"the streaming application exited: {app.communicate()[1][-3000:]}")
+        missing = [s for s in sent if s not in watcher.seen]
+        if missing:
+            with store.connect(store_url).connect() as connection:
+                progress = connection.execute(select(store.stream_progress)).mappings().all()
+            raise RuntimeError(
+                f"{len(missing)} of {len(sent)} probes never reached the store; progress: {progress}"
+            )
+        return [watcher.seen[s] - at for s, at in sent.items()]
+    finally:
+        for process in producers:
+            process.terminate()
+        app.send_signal(signal.SIGINT)
+        try:
+            app.communicate(timeout=60)
+        except Exception:
+            app.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
+    p50s, p99s = [], []
+    for run in range(RUNS):
+        latencies = sorted(_freshness_run(broker, work, run))
+        p50s.append(statistics.median(latencies))
+        p99s.append(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
+        print(f"  freshness run {run + 1}: p50 {p50s[-1]:.2f} s, p99 {p99s[-1]:.2f} s "
+              f"over {len(latencies)} probes", flush=True)  # fmt: skip
+    p50 = Result("speed freshness p50 at 5,000 events/s", "s", p50s, "≤ 1.5")
+    p50.meets_target = p50.median <= 1.5
+    p99 = Result("speed freshness p99 at 5,000 events/s", "s", p99s, "≤ 3")
+    p99.meets_target = p99.median <= 3
+    p50.notes["setup"] = (
+        f"lambdaflow stream (archiver + 5 queries, trigger 1 s), producers {FRESHNESS_RATES}, "
+        f"a probe every {PROBE_INTERVAL_S} s after {FRESHNESS_WARMUP_S:.0f} s of warm-up"
+    )
+    return [p50, p99]
+
+
+def run(selected: set[str]) -> list[Result]:
+    import tempfile
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="lambdaflow-bench-") as temporary:
+        work = Path(temporary)
+        with EmbeddedBroker("127.0.0.1", free_port()) as broker:
+            if not selected or "freshness" in selected:
+                results += freshness(broker, work)
+            if not selected or "speed" in selected:
+                results += throughput(broker, work)
+    return results
