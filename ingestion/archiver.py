@@ -32,6 +32,7 @@ from lambdaflow.kafka_source import FORMAT
 from lambdaflow.lake import (
     QUARANTINE_SCHEMA,
     RAW_SCHEMAS,
+    archiver_status_path,
     day_dir,
     quarantine_dir,
     raw_dir,
@@ -161,7 +162,7 @@ class ArchiverStatus:
 
 
 def status_path(settings: Settings) -> Path:
-    return settings.data_dir.resolve() / "status" / "archiver.json"
+    return archiver_status_path(settings.data_dir)
 
 
 def archive_batch(settings: Settings, status: ArchiverStatus) -> Callable[[DataFrame, int], None]:

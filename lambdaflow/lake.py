@@ -70,3 +70,8 @@ def read_table(base: Path, columns: list[str] | None = None) -> pa.Table:
 
 def view_dir(lake: Path, view: str) -> Path:
     return lake / "views" / view
+
+
+def archiver_status_path(data_dir: Path) -> Path:
+    """The archiver's counters and max event time per topic (JSON); the batch layer's lake sensor reads it."""
+    return data_dir.resolve() / "status" / "archiver.json"

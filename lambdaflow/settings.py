@@ -7,6 +7,7 @@ line naming the variable, so every command can stop at start-up without a traceb
 from __future__ import annotations
 
 import os
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
     alert_battery_pct: float = Field(20.0, ge=0, le=100)
     alert_session_s: float = Field(300.0, gt=0)
     alert_anomaly_z: float = Field(3.0, gt=0)
+
+    batch_start_date: date = date(2026, 1, 1)  # the batch DAG's first data interval
+    quality_min_rows: int = Field(1, ge=0)  # a raw day's expected row-count band
+    quality_max_rows: int = Field(100_000_000, ge=1)
+    reconcile_max_mismatch: float = Field(0.05, ge=0, le=1)  # share of windows whose counts may differ
 
     trigger_seconds: float = Field(1.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)

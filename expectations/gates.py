@@ -1,0 +1,190 @@
+"""The quality gates of the batch pipeline: validate a raw day, a recomputed day's views, and batch against
+speed, with the checkpoints of the file context in `expectations/gx/`.
+
+Each gate records its result in the store's `quality_runs` table (with a link to its Data Docs page, relative
+to `<data dir>/quality/data_docs/`) and raises `QualityGateFailed`, naming the failing expectations, when a
+critical expectation fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from lambdaflow import store
+from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
+from lambdaflow.settings import Settings
+from lambdaflow.views import KAFKA_ORDER, VIEWS
+
+log = logging.getLogger(__name__)
+CONTEXT_ROOT = Path(__file__).resolve().parent
+CONTRACT_TOPICS = {"iot_sensors": "topic_iot", "user_activity": "topic_activity"}
+RECONCILED_VIEWS = ("sensor_stats", "location_stats", "activity_stats")
+
+
+class QualityGateFailed(RuntimeError):
+    """A critical expectation failed: the step fails and nothing downstream (publishing) runs."""
+
+
+@dataclass
+class GateResult:
+    suite: str
+    day: date
+    success: bool
+    statistics: dict[str, Any]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    link: str | None = None
+
+    @property
+    def critical_failures(self) -> list[dict[str, Any]]:
+        return [f for f in self.failed if f["critical"]]
+
+
+def quality_dir(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "quality"
+
+
+def data_docs_dir(settings: Settings) -> Path:
+    return quality_dir(settings) / "data_docs"
+
+
+def _context(settings: Settings) -> Any:
+    os.environ["LAMBDAFLOW_QUALITY_DIR"] = str(quality_dir(settings))
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    return gx.get_context(mode="file", project_root_dir=CONTEXT_ROOT)
+
+
+def _describe(result: Any) -> dict[str, Any]:
+    config = result.expectation_config
+    outcome = result.result or {}
+    return {
+        "expectation": config.type,
+        "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
+        "critical": bool((config.meta or {}).get("critical", True)),
+        "observed_value": outcome.get("observed_value"),
+        "unexpected_count": outcome.get("unexpected_count"),
+        "unexpected_percent": outcome.get("unexpected_percent"),
+        "partial_unexpected_list": outcome.get("partial_unexpected_list"),
+        "exception": (result.exception_info or {}).get("exception_message"),
+    }
+
+
+def run_gate(settings: Settings, suite: str, day: date, frame: pd.DataFrame,
+             parameters: dict[str, Any] | None = None) -> GateResult:  # fmt: skip
+    """Run a suite's checkpoint over a frame, record the result, and raise on a critical failure."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    context = _context(settings)
+    run_id = RunIdentifier(run_name=f"{suite}-{day}", run_time=datetime.now(UTC))
+    outcome = context.checkpoints.get(suite).run(
+        batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, run_id=run_id
+    )
+    identifier, validation = next(iter(outcome.run_results.items()))
+    failed = [_describe(result) for result in validation.results if not result.success]
+    statistics = {k: v for k, v in validation.statistics.items()}
+    statistics["rows"] = len(frame)
+    link = None
+    urls = context.get_docs_sites_urls(resource_identifier=identifier)
+    if urls and urls[0].get("site_url"):
+        page, docs = Path(urls[0]["site_url"].removeprefix("file://")), data_docs_dir(settings)
+        link = str(page.relative_to(docs)) if page.is_relative_to(docs) else str(page)
+    gate = GateResult(suite, day, not any(f["critical"] for f in failed), statistics, failed, link)
+    engine = store.connect(settings.resolved_store_url)
+    store.upsert(engine, store.quality_runs, [{
+        "day": day, "suite": suite, "success": gate.success, "statistics": json.dumps(statistics),
+        "failed": json.dumps(failed, default=str), "link": link, "run_at": datetime.now(UTC),
+    }])  # fmt: skip
+    engine.dispose()
+    summary = f"{suite} {day}: {statistics['successful_expectations']}/{statistics['evaluated_expectations']}"
+    if gate.critical_failures:
+        for failure in gate.critical_failures:
+            log.error("%s failed: %s %s observed=%s unexpected=%s (e.g. %s)", suite, failure["expectation"],
+                      failure["kwargs"], failure["observed_value"], failure["unexpected_count"],
+                      (failure["partial_unexpected_list"] or [])[:5])  # fmt: skip
+        names = ", ".join(f"{f['expectation']}({f['kwargs'].get('column', f['kwargs'])})"
+                          for f in gate.critical_failures)  # fmt: skip
+        raise QualityGateFailed(f"quality gate {summary} passed; failing: {names}; Data Docs: {link}")
+    log.info("quality gate %s passed (%d warnings)", summary, len(failed))
+    return gate
+
+
+def raw_day_frame(settings: Settings, contract: str, day: date) -> pd.DataFrame:
+    """A raw day as pandas, each `event_id` once (the lowest Kafka coordinates): what the batch reads."""
+    path = day_dir(raw_dir(settings.lake_dir, getattr(settings, CONTRACT_TOPICS[contract])), day)
+    if not path.is_dir():
+        return RAW_SCHEMAS[contract].empty_table().to_pandas()
+    frame = pq.read_table(path, schema=RAW_SCHEMAS[contract]).to_pandas()
+    return frame.sort_values(list(KAFKA_ORDER), kind="stable").drop_duplicates("event_id", keep="first")
+
+
+def validate_raw_day(settings: Settings, day: date) -> list[GateResult]:
+    """Gate 1: every raw topic of day D (keys, ranges, unique ids, row count within the expected band)."""
+    band = {"min_rows": settings.quality_min_rows, "max_rows": settings.quality_max_rows}
+    return [run_gate(settings, f"raw_{contract}", day, raw_day_frame(settings, contract, day), band)
+            for contract in CONTRACT_TOPICS]  # fmt: skip
+
+
+def view_day_frame(settings: Settings, name: str, day: date) -> pd.DataFrame:
+    path = day_dir(view_dir(settings.lake_dir, name), day)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: recompute {day} first")
+    return pq.read_table(path).to_pandas()
+
+
+def validate_view_day(settings: Settings, day: date) -> list[GateResult]:
+    """Gate 2: every recomputed view of day D (unique keys, values in range, events add up to the input)."""
+    inputs = {contract: len(raw_day_frame(settings, contract, day)) for contract in CONTRACT_TOPICS}
+    return [run_gate(settings, f"view_{name}", day, view_day_frame(settings, name, day),
+                     {"input_events": inputs[view.contract]})
+            for name, view in VIEWS.items()]  # fmt: skip
+
+
+def reconciliation_frame(settings: Settings, day: date) -> pd.DataFrame:
+    """The windows of day D that both layers have, per view, with both counts and whether they differ."""
+    from sqlalchemy import select
+
+    engine = store.connect(settings.resolved_store_url)
+    start = datetime.combine(day, datetime.min.time())
+    frames = []
+    for name in RECONCILED_VIEWS:
+        keys = list(VIEWS[name].keys)
+        table = store.SPEED_TABLES[name]
+        query = select(*[table.c[k] for k in keys], table.c.events).where(
+            table.c.window_start >= start, table.c.window_start < start + timedelta(days=1)
+        )
+        with engine.connect() as connection:
+            speed = pd.DataFrame(connection.execute(query).mappings().all(), columns=[*keys, "events"])
+        batch = view_day_frame(settings, name, day)[[*keys, "events"]]
+        batch["window_start"] = pd.to_datetime(batch["window_start"], utc=True).dt.tz_localize(None)
+        speed["window_start"] = pd.to_datetime(speed["window_start"])
+        both = batch.merge(speed, on=keys, suffixes=("_batch", "_speed"))
+        frames.append(pd.DataFrame({
+            "view": name, "window_start": both["window_start"],
+            "events_batch": both["events_batch"], "events_speed": both["events_speed"],
+            "counts_differ": both["events_batch"] != both["events_speed"],
+        }))  # fmt: skip
+    engine.dispose()
+    return pd.concat(frames, ignore_index=True)
+
+
+def reconcile_day(settings: Settings, day: date) -> GateResult:
+    """Gate 3: batch against speed for the same windows; the share that differs stays under the threshold."""
+    frame = reconciliation_frame(settings, day)
+    return run_gate(settings, "reconcile", day, frame, {"mostly": 1 - settings.reconcile_max_mismatch})
+
+
+def build_data_docs(settings: Settings) -> Path:
+    """Rebuild the Data Docs site; returns its index page."""
+    context = _context(settings)
+    context.build_data_docs()
+    return data_docs_dir(settings) / "index.html"
