@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     alert_anomaly_z: float = Field(3.0, gt=0)
 
     batch_start_date: date = date(2026, 1, 1)  # the batch DAG's first data interval
+    batch_retries: int = Field(2, ge=0, le=10)  # per task, with exponential backoff
     quality_min_rows: int = Field(1, ge=0)  # a raw day's expected row-count band
     quality_max_rows: int = Field(100_000_000, ge=1)
     reconcile_max_mismatch: float = Field(0.05, ge=0, le=1)  # share of windows whose counts may differ

@@ -25,13 +25,13 @@ FAULTS = ["--duplicates", "0.05", "--late", "0.05", "--out-of-order", "0.1", "--
 COUNT = 4000
 
 
-def topic_events(settings, topic: str, contract: str) -> pd.DataFrame:
+def topic_events(settings, topic: str, contract: str, count: int = COUNT) -> pd.DataFrame:
     """The valid events of a topic as the oracle sees them, with their Kafka coordinates and timestamp."""
     import json
 
     rows = [
         {**json.loads(r.value), "_partition": r.partition, "_offset": r.offset, "_kafka_ts": r.timestamp}
-        for r in consume_all(settings.kafka_bootstrap_servers, topic, COUNT)
+        for r in consume_all(settings.kafka_bootstrap_servers, topic, count)
         if is_valid(contract, r.value, r.timestamp)
     ]
     frame = pd.DataFrame(rows)
