@@ -1,14 +1,14 @@
-"""`python -m benchmarks [producer] [archiver] [freshness] [speed]`: run benchmarks (all by default),
-print the table and write the JSON."""
+"""`python -m benchmarks [producer] [archiver] [freshness] [speed] [batch]`: run benchmarks (all by
+default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark (default 3)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import ingestion, speed
+from benchmarks import batch, ingestion, speed
 from benchmarks.common import report
 
-GROUPS = {"producer": ingestion, "archiver": ingestion, "freshness": speed, "speed": speed}
+GROUPS = {"producer": ingestion, "archiver": ingestion, "freshness": speed, "speed": speed, "batch": batch}
 
 
 def main(argv: list[str]) -> None:
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     if selected - GROUPS.keys():
         sys.exit(f"unknown benchmark(s) {sorted(selected - GROUPS.keys())}; choose from {sorted(GROUPS)}")
     results = []
-    for module in (ingestion, speed):
+    for module in (ingestion, speed, batch):
         wanted = {name for name, owner in GROUPS.items() if owner is module}
         if not selected or selected & wanted:
             results += module.run(selected & wanted)

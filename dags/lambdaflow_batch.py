@@ -42,8 +42,8 @@ with DAG(
         task_id="wait_for_lake",
         python_callable=batch_tasks.lake_ready,
         mode="reschedule",
-        poke_interval=60,
-        timeout=timedelta(hours=12).total_seconds(),
+        poke_interval=settings.batch_lake_poke_seconds,
+        timeout=timedelta(hours=settings.batch_lake_timeout_hours).total_seconds(),
     )
     validate_raw = PythonOperator(task_id="validate_raw", python_callable=quality_tasks.validate_raw)
     recompute = PythonOperator(task_id="recompute", python_callable=batch_tasks.recompute)

@@ -58,3 +58,9 @@ VIEWS = {
     "activity_stats": activity_stats,
     "sessions": sessions,
 }
+
+
+def concat_days(frame: pd.DataFrame, days, view) -> pd.DataFrame:
+    """A view computed day by day (as the batch layer does) over the events of the given days."""
+    parts = [view(clean_events(frame[frame["ts"].dt.date == day])) for day in days]
+    return pd.concat(parts, ignore_index=True)
