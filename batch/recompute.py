@@ -63,11 +63,18 @@ def late_events(events: DataFrame, settings: Settings) -> DataFrame:
     )
 
 
-def baselines(spark: SparkSession, settings: Settings, day: date) -> DataFrame:
+def baselines(spark: SparkSession, settings: Settings, day: date, readings_of_day: DataFrame) -> DataFrame:
     """Per sensor and hour of day, the mean and (sample) standard deviation of temperature over the
-    `BASELINE_DAYS` days ending with D: what the speed layer's anomaly rule compares a reading with."""
-    days = [day - timedelta(days=n) for n in range(BASELINE_DAYS)]
-    readings = dedupe_exact(read_raw_days(spark, settings, "iot_sensors", days))
+    `BASELINE_DAYS` days ending with D: what the speed layer's anomaly rule compares a reading with.
+
+    Day D's readings come deduplicated already; an event's copies share its event time, hence its day, so
+    deduplicating day by day equals deduplicating the week."""
+    earlier = [day - timedelta(days=n) for n in range(1, BASELINE_DAYS)]
+    readings = readings_of_day.select("event_id", "sensor_id", "ts", "temperature").unionByName(
+        dedupe_exact(read_raw_days(spark, settings, "iot_sensors", earlier)).select(
+            "event_id", "sensor_id", "ts", "temperature"
+        )
+    )
     return readings.groupBy("sensor_id", F.hour("ts").alias("hour_of_day")).agg(
         F.avg("temperature").alias("temperature_mean"),
         F.coalesce(F.stddev_samp("temperature"), F.lit(0.0)).alias("temperature_std"),
@@ -93,11 +100,11 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
         outputs[name] = view.build(events[view.contract], size, exact=True)
     late = [late_events(frame, settings) for frame in events.values()]
     outputs[LATE_EVENTS] = late[0].unionByName(late[1])
-    outputs[BASELINES] = baselines(spark, settings, day)
+    outputs[BASELINES] = baselines(spark, settings, day, events["iot_sensors"])
     rows = {}
     for name, frame in outputs.items():
         rows[name] = write_day_atomically(frame, view_dir(settings.lake_dir, name), day)
-        log.info("batch %s %s: %d rows", day, name, rows[name])
+        log.info("batch %s %s: %d rows (%.1f s so far)", day, name, rows[name], time.monotonic() - started)
     for frame in events.values():
         frame.unpersist()
     return DayResult(day, rows, time.monotonic() - started)
