@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,3 +129,20 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def run_with_broker(selected: set[str], benchmarks: dict[str, Callable[..., list[Result]]]) -> list[Result]:
+    """Run the selected benchmarks (all when none is) against one embedded broker in a scratch directory."""
+    import tempfile
+
+    from lambdaflow.broker import EmbeddedBroker, free_port
+
+    results: list[Result] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="lambdaflow-bench-") as temporary,
+        EmbeddedBroker("127.0.0.1", free_port()) as broker,
+    ):
+        for name, benchmark in benchmarks.items():
+            if not selected or name in selected:
+                results += benchmark(broker, Path(temporary))
+    return results

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, Result, lambdaflow, peak_rss_mib
-from lambdaflow.broker import EmbeddedBroker, free_port
+from benchmarks.common import PeakMemory, Result, lambdaflow, peak_rss_mib, run_with_broker
+from lambdaflow.broker import EmbeddedBroker
 
 RUNS = 3
 PRODUCER_RECORDS = 300_000
@@ -98,12 +97,4 @@ def archiver_throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
 
 
 def run(selected: set[str]) -> list[Result]:
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="lambdaflow-bench-") as temporary:
-        work = Path(temporary)
-        with EmbeddedBroker("127.0.0.1", free_port()) as broker:
-            if not selected or "producer" in selected:
-                results += producer_throughput(broker, work)
-            if not selected or "archiver" in selected:
-                results += archiver_throughput(broker, work)
-    return results
+    return run_with_broker(selected, {"producer": producer_throughput, "archiver": archiver_throughput})

@@ -25,10 +25,10 @@ from pathlib import Path
 from kafka import KafkaProducer
 from sqlalchemy import select
 
-from benchmarks.common import PeakMemory, Result, lambdaflow, wait_for
+from benchmarks.common import PeakMemory, Result, lambdaflow, run_with_broker, wait_for
 from benchmarks.ingestion import _env, _produce, subprocess_topics
 from lambdaflow import store
-from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
 
 RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
@@ -185,14 +185,4 @@ def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
 
 
 def run(selected: set[str]) -> list[Result]:
-    import tempfile
-
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="lambdaflow-bench-") as temporary:
-        work = Path(temporary)
-        with EmbeddedBroker("127.0.0.1", free_port()) as broker:
-            if not selected or "freshness" in selected:
-                results += freshness(broker, work)
-            if not selected or "speed" in selected:
-                results += throughput(broker, work)
-    return results
+    return run_with_broker(selected, {"freshness": freshness, "speed": throughput})
