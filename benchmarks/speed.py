@@ -148,12 +148,9 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
             raise RuntimeError(f"the streaming application exited: {app.communicate()[1][-3000:]}")
         missing = [s for s in sent if s not in watcher.seen]
         if missing:
-            with store.connect(store_url).connect() as connection:
-                progress = connection.execute(select(store.stream_progress)).mappings().all()
-            raise RuntimeError(
-                f"{len(missing)} of {len(sent)} probes never reached the store; progress: {progress}"
-            )
-        return [watcher.seen[s] - at for s, at in sent.items()]
+            print(f"  {len(missing)} of {len(sent)} probes never reached the store (counted as infinite)",
+                  flush=True)  # fmt: skip
+        return [watcher.seen[s] - at if s in watcher.seen else float("inf") for s, at in sent.items()]
     finally:
         for process in producers:
             process.terminate()
@@ -171,8 +168,9 @@ def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
         latencies = sorted(_freshness_run(broker, work, run))
         p50s.append(statistics.median(latencies))
         p99s.append(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
-        print(f"  freshness run {run + 1}: p50 {p50s[-1]:.2f} s, p99 {p99s[-1]:.2f} s "
-              f"over {len(latencies)} probes", flush=True)  # fmt: skip
+        unseen = sum(latency == float("inf") for latency in latencies)
+        print(f"  freshness run {run + 1}: p50 {p50s[-1]:.2f} s, p99 {p99s[-1]:.2f} s over "
+              f"{len(latencies)} probes, {unseen} unseen", flush=True)  # fmt: skip
     p50 = Result("speed freshness p50 at 5,000 events/s", "s", p50s, "≤ 1.5")
     p50.meets_target = p50.median <= 1.5
     p99 = Result("speed freshness p99 at 5,000 events/s", "s", p99s, "≤ 3")
