@@ -6,41 +6,33 @@ import logging
 from datetime import date, datetime
 from typing import Any
 
-import pyarrow.parquet as pq
+from sqlalchemy import func, select
 
 from batch.recompute import BASELINES, LATE_EVENTS
 from lambdaflow import store
-from lambdaflow.lake import day_dir, view_dir
+from lambdaflow.lake import read_view_day
 from lambdaflow.settings import Settings
 from lambdaflow.views import VIEWS
 
 log = logging.getLogger(__name__)
 
 
-class DayNotRecomputed(RuntimeError):
-    pass
-
-
-def read_view_day(settings: Settings, name: str, day: date) -> list[dict[str, Any]]:
-    path = day_dir(view_dir(settings.lake_dir, name), day)
-    if not path.is_dir():
-        raise DayNotRecomputed(f"{path} does not exist: run `lambdaflow batch --date {day}` first")
-    return pq.read_table(path).to_pylist()
+def _rows(settings: Settings, name: str, day: date) -> list[dict[str, Any]]:
+    return read_view_day(settings.lake_dir, name, day).to_pylist()
 
 
 def publish_batch_day(settings: Settings, day: date) -> datetime:
     """Replace day D's batch rows, advance the horizons to D+1 (never back) and drop the speed rows the
     batch rows now answer for; the baselines are replaced when D is the newest day they were computed for."""
-    views = {name: read_view_day(settings, name, day) for name in VIEWS}
-    late = read_view_day(settings, LATE_EVENTS, day)
+    views = {name: _rows(settings, name, day) for name in VIEWS}
+    late = _rows(settings, LATE_EVENTS, day)
     engine = store.connect(settings.resolved_store_url)
     computed_for = datetime.combine(day, datetime.min.time())
     with engine.connect() as connection:
-        newest = connection.execute(store.baselines.select().with_only_columns(
-            store.baselines.c.computed_for).limit(1)).scalar()  # fmt: skip
+        newest = connection.execute(select(func.max(store.baselines.c.computed_for))).scalar()
     baselines = None
     if newest is None or newest <= computed_for:
-        baselines = [{**row, "computed_for": computed_for} for row in read_view_day(settings, BASELINES, day)]
+        baselines = [{**row, "computed_for": computed_for} for row in _rows(settings, BASELINES, day)]
     horizon = store.publish_day(engine, day, views, late, baselines)
     log.info("published %s: %s; horizon %s", day,
              ", ".join(f"{name} {len(rows)}" for name, rows in views.items()), horizon)  # fmt: skip

@@ -33,13 +33,9 @@ BASELINE_DAYS = 7
 OUTPUTS = (*VIEWS, LATE_EVENTS, BASELINES)
 
 
-def topic_of(settings: Settings, contract: str) -> str:
-    return {"iot_sensors": settings.topic_iot, "user_activity": settings.topic_activity}[contract]
-
-
 def read_raw_days(spark: SparkSession, settings: Settings, contract: str, days: list[date]) -> DataFrame:
     """The raw events of a topic for the given days (those the lake has; none gives an empty frame)."""
-    base = raw_dir(settings.lake_dir, topic_of(settings, contract))
+    base = raw_dir(settings.lake_dir, settings.topic_for(contract))
     paths = [str(day_dir(base, day)) for day in days if day_dir(base, day).is_dir()]
     schema = from_arrow_schema(RAW_SCHEMAS[contract], prefer_timestamp_ntz=False)
     if not paths:

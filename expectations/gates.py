@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lambdaflow import store
-from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
+from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, read_view_day
 from lambdaflow.settings import Settings
 from lambdaflow.views import KAFKA_ORDER, VIEWS
 
 log = logging.getLogger(__name__)
 CONTEXT_ROOT = Path(__file__).resolve().parent
-CONTRACT_TOPICS = {"iot_sensors": "topic_iot", "user_activity": "topic_activity"}
+CONTRACTS = ("iot_sensors", "user_activity")
 RECONCILED_VIEWS = ("sensor_stats", "location_stats", "activity_stats")
 
 
@@ -118,9 +118,13 @@ def run_gate(settings: Settings, suite: str, day: date, frame: pd.DataFrame,
     return gate
 
 
+def _raw_day_path(settings: Settings, contract: str, day: date) -> Path:
+    return day_dir(raw_dir(settings.lake_dir, settings.topic_for(contract)), day)
+
+
 def raw_day_frame(settings: Settings, contract: str, day: date) -> pd.DataFrame:
     """A raw day as pandas, each `event_id` once (the lowest Kafka coordinates): what the batch reads."""
-    path = day_dir(raw_dir(settings.lake_dir, getattr(settings, CONTRACT_TOPICS[contract])), day)
+    path = _raw_day_path(settings, contract, day)
     if not path.is_dir():
         return RAW_SCHEMAS[contract].empty_table().to_pandas()
     frame = pq.read_table(path, schema=RAW_SCHEMAS[contract]).to_pandas()
@@ -131,29 +135,26 @@ def validate_raw_day(settings: Settings, day: date) -> list[GateResult]:
     """Gate 1: every raw topic of day D (keys, ranges, unique ids, row count within the expected band)."""
     band = {"min_rows": settings.quality_min_rows, "max_rows": settings.quality_max_rows}
     return [run_gate(settings, f"raw_{contract}", day, raw_day_frame(settings, contract, day), band)
-            for contract in CONTRACT_TOPICS]  # fmt: skip
+            for contract in CONTRACTS]  # fmt: skip
 
 
 def distinct_events(settings: Settings, contract: str, day: date) -> int:
     """The distinct events of a raw day (reads only the `event_id` column)."""
     import pyarrow.compute as pc
 
-    path = day_dir(raw_dir(settings.lake_dir, getattr(settings, CONTRACT_TOPICS[contract])), day)
+    path = _raw_day_path(settings, contract, day)
     if not path.is_dir():
         return 0
     return pc.count_distinct(pq.read_table(path, columns=["event_id"])["event_id"]).as_py()
 
 
 def view_day_frame(settings: Settings, name: str, day: date) -> pd.DataFrame:
-    path = day_dir(view_dir(settings.lake_dir, name), day)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist: recompute {day} first")
-    return pq.read_table(path).to_pandas()
+    return read_view_day(settings.lake_dir, name, day).to_pandas()
 
 
 def validate_view_day(settings: Settings, day: date) -> list[GateResult]:
     """Gate 2: every recomputed view of day D (unique keys, values in range, events add up to the input)."""
-    inputs = {contract: distinct_events(settings, contract, day) for contract in CONTRACT_TOPICS}
+    inputs = {contract: distinct_events(settings, contract, day) for contract in CONTRACTS}
     return [run_gate(settings, f"view_{name}", day, view_day_frame(settings, name, day),
                      {"input_events": inputs[view.contract]})
             for name, view in VIEWS.items()]  # fmt: skip

@@ -167,7 +167,7 @@ def status_path(settings: Settings) -> Path:
 
 def archive_batch(settings: Settings, status: ArchiverStatus) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function: archive one micro-batch and report it on one progress line."""
-    contracts = {settings.topic_iot: "iot_sensors", settings.topic_activity: "user_activity"}
+    contracts = settings.topic_contracts
 
     def run(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()

@@ -72,6 +72,14 @@ def view_dir(lake: Path, view: str) -> Path:
     return lake / "views" / view
 
 
+def read_view_day(lake: Path, name: str, day: date) -> pa.Table:
+    """One recomputed day of a batch output (`lake/views/<name>/date=D/`)."""
+    path = day_dir(view_dir(lake, name), day)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: run `lambdaflow batch --date {day}` first")
+    return pq.read_table(path)
+
+
 def archiver_status_path(data_dir: Path) -> Path:
     """The archiver's counters and max event time per topic (JSON); the batch layer's lake sensor reads it."""
     return data_dir.resolve() / "status" / "archiver.json"

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
         """The two event topics, in contract order."""
         return (self.topic_iot, self.topic_activity)
 
+    @property
+    def topic_contracts(self) -> dict[str, str]:
+        """Each event topic and the contract its records follow."""
+        return {self.topic_iot: "iot_sensors", self.topic_activity: "user_activity"}
+
+    def topic_for(self, contract: str) -> str:
+        """The topic that carries a contract's events."""
+        return {name: topic for topic, name in self.topic_contracts.items()}[contract]
+
     @cached_property
     def lake_dir(self) -> Path:
         return self.data_dir.resolve() / "lake"

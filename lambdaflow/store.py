@@ -182,6 +182,10 @@ def utc_naive(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
+def _naive_utc(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows]
+
+
 def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> int:
     """Insert rows, replacing every non-key column of rows whose primary key exists; one transaction."""
     if not rows:
@@ -190,8 +194,7 @@ def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chun
     keys = [column.name for column in table.primary_key.columns]
     with engine.begin() as connection:
         for start in range(0, len(rows), chunk):
-            part = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in
-                    rows[start:start + chunk]]  # fmt: skip
+            part = _naive_utc(rows[start : start + chunk])
             statement = insert(table).values(part)
             updates = {name: statement.excluded[name] for name in part[0] if name not in keys}
             connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
@@ -200,7 +203,7 @@ def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chun
 
 def insert_new(engine: Engine, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
     """Insert rows whose primary key is not there yet (alerts: a replay must not duplicate or rewrite)."""
-    rows = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in rows]
+    rows = _naive_utc(rows)
     if not rows:
         return 0
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
@@ -251,9 +254,7 @@ def _insert_chunks(
     connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000
 ) -> None:
     for start in range(0, len(rows), chunk):
-        part = [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in
-                rows[start:start + chunk]]  # fmt: skip
-        connection.execute(table.insert(), part)
+        connection.execute(table.insert(), _naive_utc(rows[start : start + chunk]))
 
 
 def horizon_of(engine: Engine, view_name: str) -> datetime | None:

@@ -33,14 +33,6 @@ from lambdaflow.views import VIEWS, clean, dedupe_within_watermark
 log = logging.getLogger(__name__)
 
 
-def topic_contracts(settings: Settings) -> dict[str, str]:
-    return {settings.topic_iot: "iot_sensors", settings.topic_activity: "user_activity"}
-
-
-def topic_for(settings: Settings, contract: str) -> str:
-    return {contract: topic for topic, contract in topic_contracts(settings).items()}[contract]
-
-
 INVALID = "_invalid"
 INVALID_METRIC = "records"  # observed metric: the records of a micro-batch that broke their contract
 
@@ -81,12 +73,12 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     source = (
         spark.readStream.format(FORMAT)
         .options(**settings.kafka_source_options())
-        .option("subscribe", topic_for(settings, contract))
+        .option("subscribe", settings.topic_for(contract))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(settings.max_records_per_trigger))
         .load()
     )
-    parse = ParseValid(topic_contracts(settings), contract, timedelta(seconds=settings.max_future_seconds))
+    parse = ParseValid(settings.topic_contracts, contract, timedelta(seconds=settings.max_future_seconds))
     schema = from_arrow_schema(_flagged_schema(contract), prefer_timestamp_ntz=False)
     parsed = source.mapInArrow(parse, schema)
     invalid = F.sum(F.col(INVALID).cast("long")).alias("invalid_rows")
