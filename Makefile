@@ -9,7 +9,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: venv run test test-fast bench lint format lock compose-check clean
+.PHONY: venv browser run test test-fast bench lint format lock compose-check clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 run: venv
 	$(BIN)/lambdaflow up
 
-test: venv
+# The dashboard test renders the page in Debian's headless Chromium (~25 s to install, once).
+browser:
+	@command -v chromium >/dev/null || (echo "installing Debian's chromium for the dashboard test" && \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)))
+
+test: venv browser
 	$(BIN)/pytest
 
 test-fast: venv

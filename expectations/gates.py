@@ -48,16 +48,12 @@ class GateResult:
         return [f for f in self.failed if f["critical"]]
 
 
-def quality_dir(settings: Settings) -> Path:
-    return settings.data_dir.resolve() / "quality"
-
-
 def data_docs_dir(settings: Settings) -> Path:
-    return quality_dir(settings) / "data_docs"
+    return settings.quality_dir / "data_docs"
 
 
 def _context(settings: Settings) -> Any:
-    os.environ["LAMBDAFLOW_QUALITY_DIR"] = str(quality_dir(settings))
+    os.environ["LAMBDAFLOW_QUALITY_DIR"] = str(settings.quality_dir)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 

@@ -332,6 +332,37 @@ def batch_day(day: datetime, publish: bool) -> None:
 
 
 @cli.command()
+@click.option("--host", help="Listen address [LAMBDAFLOW_SERVE_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Listen port [LAMBDAFLOW_SERVE_PORT, default 8000].")
+@_one_line_errors
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API, the dashboard and the Data Docs (gunicorn); Ctrl-C stops it."""
+    import socket
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lambdaflow import store
+    from serving.server import serve as run_server
+
+    settings = _settings(serve_host=host, serve_port=port)
+    try:
+        store.connect(settings.resolved_store_url).dispose()
+    except SQLAlchemyError as exc:
+        _fail(f"the serving store is unreachable (LAMBDAFLOW_STORE_URL): {str(exc).splitlines()[0]}")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.serve_host, settings.serve_port))
+        except OSError as exc:
+            _fail(f"cannot listen on {settings.serve_host}:{settings.serve_port} ({exc.strerror}); "
+                  "set --port or LAMBDAFLOW_SERVE_PORT")  # fmt: skip
+    auth = "a bearer token" if settings.api_token else "no token (set LAMBDAFLOW_API_TOKEN to need one)"
+    log.info("serving http://%s:%d/ (API /api/v1, docs /api/docs, health /health) with %s",
+             settings.serve_host, settings.serve_port, auth)  # fmt: skip
+    run_server(settings, settings.serve_host, settings.serve_port)
+
+
+@cli.command()
 @click.option(
     "--iot-rate",
     type=click.FloatRange(min=0),

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     quality_max_rows: int = Field(100_000_000, ge=1)
     reconcile_max_mismatch: float = Field(0.05, ge=0, le=1)  # share of windows whose counts may differ
 
+    serve_host: str = "127.0.0.1"  # the HTTP API and dashboard (`lambdaflow serve`)
+    serve_port: int = Field(8000, ge=1, le=65535)
+    serve_workers: int = Field(2, ge=1, le=64)  # gunicorn worker processes
+    serve_threads: int = Field(4, ge=1, le=256)  # threads per worker
+    api_token: SecretStr | None = None  # when set, every endpoint but /health needs `Authorization: Bearer …`
+    health_stream_stale_seconds: float = Field(120.0, gt=0)  # a query silent this long counts as down
+
     trigger_seconds: float = Field(1.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)
 
@@ -112,6 +119,11 @@ class Settings(BaseSettings):
     @cached_property
     def checkpoint_dir(self) -> Path:
         return self.data_dir.resolve() / "checkpoints"
+
+    @cached_property
+    def quality_dir(self) -> Path:
+        """Great Expectations validation results and Data Docs (`data_docs/`)."""
+        return self.data_dir.resolve() / "quality"
 
     def kafka_client_config(self) -> dict[str, Any]:
         """kafka-python connection keyword arguments (bootstrap servers and security)."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -62,12 +63,22 @@ VIEW_COLUMNS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# The serving layer looks views up by one subject over a time range; these indexes make that a range scan.
+_LOOKUPS: dict[str, tuple[str, ...]] = {
+    "sensor_stats": ("sensor_id", "window_start"),
+    "location_stats": ("location", "window_start"),
+    "sessions": ("session_start",),
+}
+
+
 def _view_table(prefix: str, view: str) -> Table:
     keys = set(VIEWS[view].keys)
-    columns = [
+    columns: list[Any] = [
         Column(name, kind, primary_key=name in keys, nullable=name not in keys)
         for name, kind in VIEW_COLUMNS[view].items()
     ]
+    if view in _LOOKUPS:
+        columns.append(Index(f"ix_{prefix}_{view}_lookup", *_LOOKUPS[view]))
     if prefix == "speed":  # when the stream last changed the aggregate (freshness)
         return Table(f"{prefix}_{view}", metadata, *columns, Column("updated_at", _TIME, nullable=False))
     # batch rows carry their day, not a wall-clock time, so republishing a day changes no byte

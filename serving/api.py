@@ -1,0 +1,120 @@
+"""`/api/v1`: the merged views, alerts and data-quality results, documented in the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, abort, current_app
+from flask_smorest import Blueprint
+from webargs.flaskparser import FlaskParser
+
+from serving import merge
+from serving.params import ActivityQuery, AlertsQuery, QualityQuery, SessionsQuery, TimeRange
+
+
+class _BadRequestParser(FlaskParser):
+    DEFAULT_VALIDATION_STATUS = 400  # a bad parameter is the client's error, named in the message
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = _BadRequestParser()
+
+
+api = ApiBlueprint(
+    "api",
+    __name__,
+    url_prefix="/api/v1",
+    description="Views merged from the batch layer (exact, before `batch_as_of`) and the speed layer "
+    "(fresh, from `batch_as_of` on). Each point says its `source`; speed points list the values that are "
+    "approximate (distinct counts by HyperLogLog++, 1 % relative error).",
+)
+
+
+def _engine() -> Any:
+    return current_app.extensions["lambdaflow.store"]
+
+
+def _json(payload: Any) -> Response:
+    return current_app.response_class(current_app.json.dumps(payload), mimetype="application/json")
+
+
+def _points(view: str, rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    approximate = list(merge.APPROXIMATE_IN_SPEED[view])
+    for row in rows:
+        for name in drop:
+            del row[name]
+        if approximate and row["source"] == "speed":
+            row["approximate"] = approximate
+    return rows
+
+
+def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filters: Any) -> Response:
+    """The merged answer; with a `subject` (one sensor or location), a 404 when it has no row at all."""
+    merged = merge.merged_view(_engine(), view, args["start"], args["end"], **filters)
+    for column, value in subject.items():
+        if not merged.rows and not merge.exists(_engine(), view, column, value):
+            abort(404, f"unknown {column} {value!r}")
+    return _json({**subject, "from": args["start"], "to": args["end"], "batch_as_of": merged.batch_as_of,
+                  "points": _points(view, merged.rows, drop=tuple(subject))})  # fmt: skip
+
+
+@api.route("/sensors")
+@api.doc(summary="Every sensor with its location and newest window")
+def list_sensors() -> Response:
+    return _json({"sensors": merge.sensors(_engine())})
+
+
+@api.route("/sensors/<sensor_id>/metrics")
+@api.arguments(TimeRange, location="query", as_kwargs=False)
+@api.doc(summary="5-minute windows of one sensor", responses={"404": {"description": "Unknown sensor"}})
+def sensor_metrics(args: dict[str, Any], sensor_id: str) -> Response:
+    return _metrics("sensor_stats", args, {"sensor_id": sensor_id}, equals={"sensor_id": sensor_id})
+
+
+@api.route("/locations/<location>/metrics")
+@api.arguments(TimeRange, location="query", as_kwargs=False)
+@api.doc(summary="5-minute windows of one location", responses={"404": {"description": "Unknown location"}})
+def location_metrics(args: dict[str, Any], location: str) -> Response:
+    location = location.strip().lower()  # stored cleaned, as both layers clean it
+    return _metrics("location_stats", args, {"location": location}, equals={"location": location})
+
+
+@api.route("/activity")
+@api.arguments(ActivityQuery, location="query", as_kwargs=False)
+@api.doc(summary="User activity per window, event type and browser, with revenue")
+def activity(args: dict[str, Any]) -> Response:
+    equals = {name: args[name].strip().lower() if name == "browser" else args[name]
+              for name in ("event_type", "browser") if args.get(name)}  # fmt: skip
+    return _metrics("activity_stats", args, {}, equals=equals)
+
+
+@api.route("/sessions")
+@api.arguments(SessionsQuery, location="query", as_kwargs=False)
+@api.doc(summary="User sessions (30-minute gap) that started in the range")
+def sessions(args: dict[str, Any]) -> Response:
+    at_least = {"duration_s": args["min_duration_s"]} if args.get("min_duration_s") is not None else {}
+    return _metrics("sessions", args, {}, at_least=at_least)
+
+
+@api.route("/alerts")
+@api.arguments(AlertsQuery, location="query", as_kwargs=False)
+@api.doc(summary="The newest alerts first")
+def alerts(args: dict[str, Any]) -> Response:
+    rows = merge.alerts(_engine(), args.get("since"), args.get("rule"), args["limit"])
+    for row in rows:
+        row["event"] = json.loads(row["event"])
+    return _json({"alerts": rows})
+
+
+@api.route("/quality")
+@api.arguments(QualityQuery, location="query", as_kwargs=False)
+@api.doc(summary="The latest Great Expectations result per suite and day, with its Data Docs page")
+def quality(args: dict[str, Any]) -> Response:
+    runs = merge.quality_runs(_engine(), args["days"])
+    for run in runs:
+        run["statistics"] = json.loads(run["statistics"])
+        run["failed"] = json.loads(run["failed"])
+        run["link"] = f"/quality/{run['link']}" if run["link"] else None
+    return _json({"runs": runs})

@@ -1,0 +1,55 @@
+"""`/health`: is the store reachable, how far each view's batch horizon is, and how fresh the stream is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, current_app
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from lambdaflow import store
+from lambdaflow.store import utc_naive
+from serving import merge
+
+health = Blueprint("health", __name__)
+
+
+def _stream_status(engine: Any, now: datetime, stale_seconds: float) -> dict[str, Any]:
+    queries = []
+    for row in merge.stream_progress(engine):
+        lag = (now - row["updated_at"]).total_seconds()
+        queries.append({
+            "query": row["query"], "batch_id": row["batch_id"], "updated_at": row["updated_at"],
+            "seconds_since_update": round(lag, 3), "max_event_ts": row["max_event_ts"],
+            "watermark": row["watermark"], "input_rows": row["input_rows"], "late_rows": row["late_rows"],
+            "invalid_rows": row["invalid_rows"], "ok": lag <= stale_seconds,
+        })  # fmt: skip
+    return {"ok": bool(queries) and all(q["ok"] for q in queries), "stale_after_seconds": stale_seconds,
+            "queries": queries}  # fmt: skip
+
+
+@health.route("/health")
+def report() -> Any:
+    """200 when the store answers and every streaming query reported recently; 503 (with the same body)
+    when a part is down. Needs no credentials and shows no data."""
+    engine = current_app.extensions["lambdaflow.store"]
+    settings = current_app.extensions["lambdaflow.settings"]
+    now = utc_naive(datetime.now(UTC))
+    body: dict[str, Any] = {"time": now}
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            last_run = connection.execute(select(func.max(store.quality_runs.c.run_at))).scalar()
+        body["store"] = {"ok": True, "dialect": engine.dialect.name}
+        body["batch"] = {"horizons": merge.horizons(engine), "last_quality_run": last_run}
+        body["stream"] = _stream_status(engine, now, settings.health_stream_stale_seconds)
+    except SQLAlchemyError as exc:
+        body["store"] = {"ok": False, "error": str(exc.__cause__ or exc).splitlines()[0]}
+        body["stream"] = {"ok": False, "queries": []}
+    healthy = body["store"]["ok"] and body["stream"]["ok"]
+    body["status"] = "ok" if healthy else "down"
+    return current_app.response_class(
+        current_app.json.dumps(body), status=200 if healthy else 503, mimetype="application/json"
+    )

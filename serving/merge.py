@@ -1,0 +1,142 @@
+"""The Lambda merge: each view's windows before its horizon come from the batch table, later ones from the
+speed table, and every row says which layer answered.
+
+The horizon is the end of the newest published batch day. Publishing deletes the speed rows it covers, but a
+late micro-batch can write one back, so the speed side is filtered on the horizon too. Both sides are read in
+one statement (a UNION ALL), so a publish between two reads cannot show a window twice or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, String, and_, func, literal, select, union_all
+
+from lambdaflow import store
+from lambdaflow.views import VIEWS
+
+# Columns the speed layer computes with HyperLogLog++ (exact in batch); the API marks them on speed points.
+APPROXIMATE_IN_SPEED: dict[str, tuple[str, ...]] = {
+    "sensor_stats": (),
+    "location_stats": ("sensors",),
+    "activity_stats": ("users",),
+    "sessions": (),
+}
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A merged answer: the view's horizon (None before the first publish) and its rows, oldest first."""
+
+    batch_as_of: datetime | None
+    rows: list[dict[str, Any]]
+
+
+def _side(table: Any, columns: Sequence[str], source: str, conditions: list[Any]) -> Select:
+    return select(*(table.c[name] for name in columns), literal(source, String()).label("source")).where(
+        and_(*conditions)
+    )
+
+
+def merged_view(
+    engine: Engine,
+    view: str,
+    start: datetime,
+    end: datetime,
+    equals: Mapping[str, Any] | None = None,
+    at_least: Mapping[str, float] | None = None,
+) -> Merged:
+    """The rows of `view` whose time column lies in [start, end) (naive UTC), filtered by column equality
+    (`equals`) and lower bounds (`at_least`)."""
+    time_column = VIEWS[view].time_column
+    columns = list(store.VIEW_COLUMNS[view])
+    batch, speed = store.BATCH_TABLES[view], store.SPEED_TABLES[view]
+
+    def filters(table: Any) -> list[Any]:
+        found = [table.c[name] == value for name, value in (equals or {}).items()]
+        return found + [table.c[name] >= value for name, value in (at_least or {}).items()]
+
+    with engine.connect() as connection:
+        horizon = connection.execute(
+            select(store.horizons.c.horizon).where(store.horizons.c.view == view)
+        ).scalar()
+        sides = []
+        if horizon is not None and start < horizon:
+            batch_time = batch.c[time_column]
+            in_batch = [batch_time >= start, batch_time < min(end, horizon)]
+            sides.append(_side(batch, columns, "batch", [*in_batch, *filters(batch)]))
+        if horizon is None or end > horizon:
+            speed_time = speed.c[time_column]
+            sides.append(_side(speed, columns, "speed",
+                               [speed_time >= max(start, horizon or start), speed_time < end,
+                                *filters(speed)]))  # fmt: skip
+        statement = sides[0] if len(sides) == 1 else union_all(*sides)
+        ordered = statement.order_by(time_column, *[c for c in VIEWS[view].keys if c != time_column])
+        rows = [dict(row) for row in connection.execute(ordered).mappings()]
+    return Merged(horizon, rows)
+
+
+def exists(engine: Engine, view: str, column: str, value: Any) -> bool:
+    """Whether any batch or speed row of `view` has `column == value` (to tell "unknown" from "no data")."""
+    with engine.connect() as connection:
+        for table in (store.SPEED_TABLES[view], store.BATCH_TABLES[view]):
+            found = connection.execute(select(literal(1)).where(table.c[column] == value).limit(1)).first()
+            if found:
+                return True
+    return False
+
+
+def sensors(engine: Engine) -> list[dict[str, Any]]:
+    """Every sensor with its location and the newest window it reported in, from both layers."""
+    rows: dict[tuple[str, str], datetime] = {}
+    with engine.connect() as connection:
+        for table in (store.BATCH_TABLES["sensor_stats"], store.SPEED_TABLES["sensor_stats"]):
+            latest = select(table.c.sensor_id, table.c.location, func.max(table.c.window_start)).group_by(
+                table.c.sensor_id, table.c.location
+            )
+            for sensor_id, location, newest in connection.execute(latest):
+                key = (sensor_id, location)
+                rows[key] = max(newest, rows.get(key, newest))
+    return [
+        {"sensor_id": sensor_id, "location": location, "last_window_start": newest}
+        for (sensor_id, location), newest in sorted(rows.items())
+    ]
+
+
+def horizons(engine: Engine) -> dict[str, datetime | None]:
+    with engine.connect() as connection:
+        found = dict(connection.execute(select(store.horizons.c.view, store.horizons.c.horizon)).all())
+    return {view: found.get(view) for view in VIEWS}
+
+
+def alerts(engine: Engine, since: datetime | None, rule: str | None, limit: int) -> list[dict[str, Any]]:
+    """The newest alerts first."""
+    table = store.alerts
+    statement = select(table).order_by(table.c.ts.desc(), table.c.alert_id).limit(limit)
+    if since is not None:
+        statement = statement.where(table.c.ts >= since)
+    if rule is not None:
+        statement = statement.where(table.c.rule == rule)
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+def quality_runs(engine: Engine, days: int) -> list[dict[str, Any]]:
+    """The latest result of each suite for the newest `days` days that have any, newest day first."""
+    table = store.quality_runs
+    with engine.connect() as connection:
+        newest = [day for (day,) in connection.execute(
+            select(table.c.day).distinct().order_by(table.c.day.desc()).limit(days))]  # fmt: skip
+        if not newest:
+            return []
+        statement = select(table).where(table.c.day.in_(newest)).order_by(table.c.day.desc(), table.c.suite)
+        return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+def stream_progress(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        statement = select(store.stream_progress).order_by(store.stream_progress.c.query)
+        return [dict(row) for row in connection.execute(statement).mappings()]
