@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, abort, current_app
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
 
 from serving import merge
@@ -16,6 +17,8 @@ from serving.params import ActivityQuery, AlertsQuery, QualityQuery, SessionsQue
 
 class _BadRequestParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400  # a bad parameter is the client's error, named in the message
+    # a misspelt parameter (`form=`) is an error, not silently the default range
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE}
 
 
 class ApiBlueprint(Blueprint):
