@@ -1,14 +1,21 @@
-"""`python -m benchmarks [producer] [archiver] [freshness] [speed] [batch]`: run benchmarks (all by
+"""`python -m benchmarks [producer] [archiver] [freshness] [speed] [batch] [serving]`: run benchmarks (all by
 default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark (default 3)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import batch, ingestion, speed
+from benchmarks import batch, ingestion, serving, speed
 from benchmarks.common import report
 
-GROUPS = {"producer": ingestion, "archiver": ingestion, "freshness": speed, "speed": speed, "batch": batch}
+GROUPS = {
+    "producer": ingestion,
+    "archiver": ingestion,
+    "freshness": speed,
+    "speed": speed,
+    "batch": batch,
+    "serving": serving,
+}
 
 
 def main(argv: list[str]) -> None:
@@ -16,7 +23,7 @@ def main(argv: list[str]) -> None:
     if selected - GROUPS.keys():
         sys.exit(f"unknown benchmark(s) {sorted(selected - GROUPS.keys())}; choose from {sorted(GROUPS)}")
     results = []
-    for module in (ingestion, speed, batch):
+    for module in (ingestion, speed, batch, serving):
         wanted = {name for name, owner in GROUPS.items() if owner is module}
         if not selected or selected & wanted:
             results += module.run(selected & wanted)

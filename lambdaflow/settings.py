@@ -71,7 +71,13 @@ class Settings(BaseSettings):
     serve_workers: int = Field(2, ge=1, le=64)  # gunicorn worker processes
     serve_threads: int = Field(4, ge=1, le=256)  # threads per worker
     api_token: SecretStr | None = None  # when set, every endpoint but /health needs `Authorization: Bearer …`
+    # answers wholly before the batch horizon change only when a day is published: each worker keeps them
+    # this long (0: never), so re-publishing an older day shows after at most this delay
+    serve_cache_seconds: float = Field(10.0, ge=0)
     health_stream_stale_seconds: float = Field(120.0, gt=0)  # a query silent this long counts as down
+
+    airflow_port: int = Field(8080, ge=1, le=65535)  # `lambdaflow up`: Airflow's UI and API on serve_host
+    airflow_password: SecretStr | None = None  # `lambdaflow up`: Airflow's admin password (else generated)
 
     trigger_seconds: float = Field(1.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)

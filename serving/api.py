@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar
 
-from flask import Response, abort, current_app
+from cachetools import TTLCache
+from flask import Response, abort, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
@@ -18,7 +20,7 @@ from serving.params import ActivityQuery, AlertsQuery, QualityQuery, SessionsQue
 class _BadRequestParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400  # a bad parameter is the client's error, named in the message
     # a misspelt parameter (`form=`) is an error, not silently the default range
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE}
+    DEFAULT_UNKNOWN_BY_LOCATION: ClassVar = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE}
 
 
 class ApiBlueprint(Blueprint):
@@ -53,14 +55,42 @@ def _points(view: str, rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -
     return rows
 
 
+class AnswerCache:
+    """Answers that lie wholly before the horizon, by request and horizon, for `seconds` (thread-safe)."""
+
+    def __init__(self, seconds: float, size: int = 2048) -> None:
+        self.cache: TTLCache | None = TTLCache(size, seconds) if seconds > 0 else None
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        if self.cache is None:
+            return None
+        with self.lock:
+            return self.cache.get(key)
+
+    def put(self, key: Hashable, body: bytes) -> None:
+        if self.cache is not None:
+            with self.lock:
+                self.cache[key] = body
+
+
 def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filters: Any) -> Response:
     """The merged answer; with a `subject` (one sensor or location), a 404 when it has no row at all."""
+    cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
+    horizon = merge.horizon(_engine(), view)
+    key = (request.full_path, horizon) if horizon is not None and args["end"] <= horizon else None
+    cached = cache.get(key) if key else None
+    if cached is not None:
+        return current_app.response_class(cached, mimetype="application/json")
     merged = merge.merged_view(_engine(), view, args["start"], args["end"], **filters)
     for column, value in subject.items():
         if not merged.rows and not merge.exists(_engine(), view, column, value):
             abort(404, f"unknown {column} {value!r}")
-    return _json({**subject, "from": args["start"], "to": args["end"], "batch_as_of": merged.batch_as_of,
-                  "points": _points(view, merged.rows, drop=tuple(subject))})  # fmt: skip
+    answer = _json({**subject, "from": args["start"], "to": args["end"], "batch_as_of": merged.batch_as_of,
+                    "points": _points(view, merged.rows, drop=tuple(subject))})  # fmt: skip
+    if key and merged.batch_as_of == horizon:  # no publish in between
+        cache.put(key, answer.get_data())
+    return answer
 
 
 @api.route("/sensors")

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, Unauthorized
 
 from lambdaflow import store
 from lambdaflow.settings import Settings, load_settings
-from serving.api import api
+from serving.api import AnswerCache, api
 from serving.dashboard import dashboard
 from serving.health import health
 
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.config.update(config)
     app.extensions["lambdaflow.settings"] = settings
     app.extensions["lambdaflow.store"] = store.connect(settings.resolved_store_url)
+    app.extensions["lambdaflow.answers"] = AnswerCache(settings.serve_cache_seconds)
 
     smorest = Api(app)
     smorest.register_blueprint(api)

@@ -1,10 +1,16 @@
-"""`lambdaflow up` (what `make run` starts): demo data flows into the lake; one instance; Ctrl-C stops all."""
+"""`lambdaflow up` (what `make run` starts): demo data flows into the lake and, within seconds, out of the
+API with `source: speed`; Airflow answers with the admin password; every server listens on 127.0.0.1 only;
+one instance; Ctrl-C stops all."""
 
 import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
 
 import psutil
 import pytest
@@ -22,6 +28,9 @@ def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
         LAMBDAFLOW_DATA_DIR=str(tmp_path),
         LAMBDAFLOW_BROKER_PORT=str(free_port()),
         LAMBDAFLOW_TRIGGER_SECONDS="0.5",
+        LAMBDAFLOW_SERVE_PORT=str(free_port()),
+        LAMBDAFLOW_AIRFLOW_PORT=str(free_port()),
+        LAMBDAFLOW_AIRFLOW_PASSWORD="airflow-test-password",
     )
     command = [*LAMBDAFLOW, "up", "--iot-rate", "50", "--activity-rate", "50"]
     stack = subprocess.Popen(
@@ -37,6 +46,17 @@ def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
                 archived = {t: s["valid"] for t, s in json.loads(status.read_text())["topics"].items()}
             time.sleep(0.5)
         assert set(archived) == {"iot_sensors", "user_activity"} and all(archived.values()), archived
+        for attempt in ("first", "second"):
+            seconds = marker_reaches_the_api(env, tmp_path)
+            print(f"{attempt} reading produced: served with source=speed after {seconds:.1f} s")
+        airflow_answers(int(env["LAMBDAFLOW_AIRFLOW_PORT"]))
+        pids = {stack.pid, *(p.pid for p in psutil.Process(stack.pid).children(recursive=True))}
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.pid in pids}  # fmt: skip
+        served = {int(env["LAMBDAFLOW_SERVE_PORT"]), int(env["LAMBDAFLOW_AIRFLOW_PORT"])}
+        assert served <= {port for _, port in listening}, listening
+        loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # the JVM lists IPv4 loopback as IPv6-mapped
+        assert {ip for ip, _ in listening} <= loopback, f"a server listens beyond localhost: {listening}"
 
         second = run_cli(["up"], env, timeout=60, check=False)
         assert second.returncode == 1
@@ -50,3 +70,64 @@ def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
     assert "lambdaflow is up" in output
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"processes left running after Ctrl-C: {[p.name() for p in alive]}"
+
+
+def get(url: str, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def marker_reaches_the_api(env: dict[str, str], data_dir) -> float:
+    """Produce a reading of a new sensor; return the seconds until the API serves it from the speed layer."""
+    base = f"http://127.0.0.1:{env['LAMBDAFLOW_SERVE_PORT']}"
+    token = (data_dir / "secrets" / "api_token").read_text().strip()
+    sensor = f"marker-{uuid.uuid4().hex[:8]}"
+    reading = {"event_id": str(uuid.uuid4()), "sensor_id": sensor, "location": "lab", "temperature": 22.5,
+               "humidity": 40.0, "pressure": 1000.0, "battery": 90.0,
+               "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
+    source = data_dir / "marker.jsonl"
+    source.write_text(json.dumps(reading) + "\n")
+    assert get(f"{base}/api/v1/sensors")[0] == 401, "the API answered without the token"
+    sent = time.monotonic()
+    broker = f"127.0.0.1:{env['LAMBDAFLOW_BROKER_PORT']}"
+    run_cli(["produce", "--from-file", str(source), "--topic", "iot_sensors"],
+            {**env, "LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS": broker})  # fmt: skip
+    while time.monotonic() - sent < 60:
+        status, body = get(f"{base}/api/v1/sensors/{sensor}/metrics", token)
+        if status == 200 and body["points"]:
+            point = body["points"][0]
+            assert point["source"] == "speed" and point["events"] == 1 and point["temperature_avg"] == 22.5
+            return time.monotonic() - sent
+        assert status in (200, 404), body
+        time.sleep(0.25)
+    raise AssertionError(f"the reading of {sensor} was not served within 60 s")
+
+
+def airflow_answers(port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status, health = get(f"{base}/api/v2/monitor/health")
+            if status == 200 and health["scheduler"]["status"] == "healthy":
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "Airflow's API server did not become healthy"
+        time.sleep(1)
+    credentials = json.dumps({"username": "admin", "password": "airflow-test-password"}).encode()
+    login = urllib.request.Request(f"{base}/auth/token", method="POST", data=credentials,
+                                   headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(login, timeout=10) as response:
+        token = json.loads(response.read())["access_token"]
+    deadline = time.monotonic() + 120
+    while True:
+        status, dags = get(f"{base}/api/v2/dags", token)
+        if status == 200 and [d["dag_id"] for d in dags["dags"]] == ["lambdaflow_batch"]:
+            return
+        assert time.monotonic() < deadline, f"the DAG was not loaded: {status} {dags}"
+        time.sleep(2)

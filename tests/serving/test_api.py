@@ -16,20 +16,44 @@ TODAY = datetime(NOW.year, NOW.month, NOW.day)
 
 
 def sensor_row(window: datetime, sensor: str = "s-1", location: str = "lab") -> dict:
-    return {"window_start": window, "sensor_id": sensor, "location": location, "events": 3,
-            "temperature_avg": 21.0, "temperature_min": 20.0, "temperature_max": 22.0, "humidity_avg": 40.0,
-            "pressure_avg": 1000.0, "battery_min": 90.0}  # fmt: skip
+    return {
+        "window_start": window,
+        "sensor_id": sensor,
+        "location": location,
+        "events": 3,
+        "temperature_avg": 21.0,
+        "temperature_min": 20.0,
+        "temperature_max": 22.0,
+        "humidity_avg": 40.0,
+        "pressure_avg": 1000.0,
+        "battery_min": 90.0,
+    }
 
 
 @pytest.fixture
 def filled(make_client):
     app, client = make_client()
     engine = app.extensions["lambdaflow.store"]
-    store.upsert(engine, store.SPEED_TABLES["sensor_stats"],
-                 [{**sensor_row(NOW - timedelta(minutes=10)), "updated_at": NOW}])  # fmt: skip
-    store.upsert(engine, store.SPEED_TABLES["location_stats"], [{
-        "window_start": NOW - timedelta(minutes=10), "location": "lab", "events": 3, "sensors": 1,
-        "temperature_avg": 21.0, "temperature_max": 22.0, "updated_at": NOW}])  # fmt: skip
+    store.upsert(
+        engine,
+        store.SPEED_TABLES["sensor_stats"],
+        [{**sensor_row(NOW - timedelta(minutes=10)), "updated_at": NOW}],
+    )
+    store.upsert(
+        engine,
+        store.SPEED_TABLES["location_stats"],
+        [
+            {
+                "window_start": NOW - timedelta(minutes=10),
+                "location": "lab",
+                "events": 3,
+                "sensors": 1,
+                "temperature_avg": 21.0,
+                "temperature_max": 22.0,
+                "updated_at": NOW,
+            }
+        ],
+    )
     return app, client, engine
 
 
@@ -111,15 +135,29 @@ def test_the_token_guards_everything_but_health_and_the_page_shell(make_client):
 def test_alerts_filter_by_rule_and_time_newest_first_with_a_limit(filled):
     _, client, engine = filled
     rules = ("temperature_high", "battery_low", "session_long", "temperature_anomaly")
-    rows = [{"alert_id": f"a{i:03d}", "rule": rules[i % 4], "ts": NOW - timedelta(minutes=i), "subject": "s-1",
-             "value": float(i), "threshold": 30.0, "event": json.dumps({"event_id": f"e{i}"}),
-             "created_at": NOW} for i in range(40)]  # fmt: skip
+    rows = [
+        {
+            "alert_id": f"a{i:03d}",
+            "rule": rules[i % 4],
+            "ts": NOW - timedelta(minutes=i),
+            "subject": "s-1",
+            "value": float(i),
+            "threshold": 30.0,
+            "event": json.dumps({"event_id": f"e{i}"}),
+            "created_at": NOW,
+        }
+        for i in range(40)
+    ]
     store.insert_new(engine, store.alerts, rows)
     since = NOW - timedelta(minutes=20)
-    body = client.get("/api/v1/alerts", query_string={"rule": "battery_low", "since": since.isoformat(),
-                                                      "limit": 3}).get_json()  # fmt: skip
-    expected = sorted((r for r in rows if r["rule"] == "battery_low" and r["ts"] >= since),
-                      key=lambda r: r["ts"], reverse=True)[:3]  # fmt: skip
+    body = client.get(
+        "/api/v1/alerts", query_string={"rule": "battery_low", "since": since.isoformat(), "limit": 3}
+    ).get_json()
+    expected = sorted(
+        (r for r in rows if r["rule"] == "battery_low" and r["ts"] >= since),
+        key=lambda r: r["ts"],
+        reverse=True,
+    )[:3]
     assert [a["alert_id"] for a in body["alerts"]] == [r["alert_id"] for r in expected]
     assert body["alerts"][0]["event"] == json.loads(expected[0]["event"])
     assert len(client.get("/api/v1/alerts").get_json()["alerts"]) == 40
@@ -129,14 +167,30 @@ def test_alerts_filter_by_rule_and_time_newest_first_with_a_limit(filled):
 def test_quality_gives_the_newest_days_runs_with_links(filled):
     app, client, engine = filled
     days = [date(2026, 11, d) for d in (1, 2, 3)]
-    store.upsert(engine, store.quality_runs, [
-        {"day": day, "suite": suite, "success": suite != "reconcile", "link": f"validations/{suite}.html",
-         "statistics": json.dumps({"evaluated_expectations": 4, "successful_expectations": 4}),
-         "failed": "[]", "run_at": NOW} for day in days for suite in ("raw_iot_sensors", "reconcile")])  # fmt: skip
+    store.upsert(
+        engine,
+        store.quality_runs,
+        [
+            {
+                "day": day,
+                "suite": suite,
+                "success": suite != "reconcile",
+                "link": f"validations/{suite}.html",
+                "statistics": json.dumps({"evaluated_expectations": 4, "successful_expectations": 4}),
+                "failed": "[]",
+                "run_at": NOW,
+            }
+            for day in days
+            for suite in ("raw_iot_sensors", "reconcile")
+        ],
+    )
     runs = client.get("/api/v1/quality?days=2").get_json()["runs"]
     assert [(r["day"], r["suite"]) for r in runs] == [
-        ("2026-11-03", "raw_iot_sensors"), ("2026-11-03", "reconcile"),
-        ("2026-11-02", "raw_iot_sensors"), ("2026-11-02", "reconcile")]  # fmt: skip
+        ("2026-11-03", "raw_iot_sensors"),
+        ("2026-11-03", "reconcile"),
+        ("2026-11-02", "raw_iot_sensors"),
+        ("2026-11-02", "reconcile"),
+    ]
     assert runs[1]["success"] is False and runs[0]["link"] == "/quality/validations/raw_iot_sensors.html"
     docs = app.extensions["lambdaflow.settings"].quality_dir / "data_docs"
     (docs / "validations").mkdir(parents=True)
@@ -151,8 +205,15 @@ def test_health_is_503_until_the_stream_reports_and_when_the_store_is_gone(fille
     app, client, engine = filled
     response = client.get("/health")
     assert response.status_code == 503 and response.get_json()["stream"]["ok"] is False
-    progress = {"query": "speed_sensor_stats", "batch_id": 7, "input_rows": 10, "invalid_rows": 1,
-                "late_rows": 2, "max_event_ts": NOW, "watermark": NOW - timedelta(minutes=10)}  # fmt: skip
+    progress = {
+        "query": "speed_sensor_stats",
+        "batch_id": 7,
+        "input_rows": 10,
+        "invalid_rows": 1,
+        "late_rows": 2,
+        "max_event_ts": NOW,
+        "watermark": NOW - timedelta(minutes=10),
+    }
     store.upsert(engine, store.stream_progress, [{**progress, "updated_at": datetime.now(UTC)}])
     store.upsert(engine, store.horizons, [{"view": "sensor_stats", "horizon": TODAY}])
     body = client.get("/health").get_json()
@@ -170,15 +231,47 @@ def test_health_is_503_until_the_stream_reports_and_when_the_store_is_gone(fille
 
 def test_sensors_lists_both_layers_and_the_openapi_document_covers_every_endpoint(filled):
     _, client, engine = filled
-    store.publish_day(engine, (TODAY - timedelta(days=2)).date(),
-                      {"sensor_stats": [sensor_row(TODAY - timedelta(days=2), "s-0", "roof")]})  # fmt: skip
+    store.publish_day(
+        engine,
+        (TODAY - timedelta(days=2)).date(),
+        {"sensor_stats": [sensor_row(TODAY - timedelta(days=2), "s-0", "roof")]},
+    )
     sensors = client.get("/api/v1/sensors").get_json()["sensors"]
     assert [(s["sensor_id"], s["location"]) for s in sensors] == [("s-0", "roof"), ("s-1", "lab")]
     spec = client.get("/api/openapi.json").get_json()
-    assert {"/api/v1/sensors", "/api/v1/sensors/{sensor_id}/metrics", "/api/v1/locations/{location}/metrics",
-            "/api/v1/activity", "/api/v1/sessions", "/api/v1/alerts", "/api/v1/quality"} <= set(spec["paths"])  # fmt: skip
+    assert {
+        "/api/v1/sensors",
+        "/api/v1/sensors/{sensor_id}/metrics",
+        "/api/v1/locations/{location}/metrics",
+        "/api/v1/activity",
+        "/api/v1/sessions",
+        "/api/v1/alerts",
+        "/api/v1/quality",
+    } <= set(spec["paths"])
     path = spec["paths"]["/api/v1/sensors/{sensor_id}/metrics"]
     names = {p["name"] for p in path.get("parameters", []) + path["get"]["parameters"]}
     assert {"from", "to", "sensor_id"} <= names
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
+
+
+def test_answers_before_the_horizon_are_cached_until_the_horizon_moves(make_client):
+    app, client = make_client()  # the default: answers kept 10 s
+    _, uncached = make_client(serve_cache_seconds=0)
+    engine = app.extensions["lambdaflow.store"]
+    day = (TODAY - timedelta(days=3)).date()
+    window = TODAY - timedelta(days=3)
+    url = (
+        f"/api/v1/sensors/s-1/metrics?from={window.isoformat()}&to={(window + timedelta(days=1)).isoformat()}"
+    )
+
+    def temperature(answer_of) -> float:
+        return answer_of.get(url).get_json()["points"][0]["temperature_avg"]
+
+    store.publish_day(engine, day, {"sensor_stats": [sensor_row(window)]})
+    assert temperature(client) == 21.0
+    store.publish_day(engine, day, {"sensor_stats": [{**sensor_row(window), "temperature_avg": 25.0}]})
+    assert temperature(client) == 21.0, "a re-published older day shows only after serve_cache_seconds"
+    assert temperature(uncached) == 25.0
+    store.publish_day(engine, day + timedelta(days=1), {"sensor_stats": []})  # the horizon moves on
+    assert temperature(client) == 25.0

@@ -21,9 +21,18 @@ from tests.conftest import LAMBDAFLOW, ROOT
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1000", "--virtual-time-budget=10000"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+    "--virtual-time-budget=10000",
+]
 
 
 def fill_store(url: str) -> int:
@@ -38,27 +47,80 @@ def fill_store(url: str) -> int:
     for k, window in enumerate(windows):
         for location, warmth in (("lab", 0.0), ("roof", 4.0)):
             t = 20.0 + warmth + (k % 7) / 7
-            rows["sensor_stats"].append({
-                "window_start": window, "sensor_id": f"s-{location}", "location": location, "events": 3,
-                "temperature_avg": t, "temperature_min": t - 1, "temperature_max": t + 1, "humidity_avg": 40.0,
-                "pressure_avg": 1000.0, "battery_min": 80.0})  # fmt: skip
-            rows["location_stats"].append({"window_start": window, "location": location, "events": 6,
-                                           "sensors": 2, "temperature_avg": t, "temperature_max": t + 1})  # fmt: skip
+            rows["sensor_stats"].append(
+                {
+                    "window_start": window,
+                    "sensor_id": f"s-{location}",
+                    "location": location,
+                    "events": 3,
+                    "temperature_avg": t,
+                    "temperature_min": t - 1,
+                    "temperature_max": t + 1,
+                    "humidity_avg": 40.0,
+                    "pressure_avg": 1000.0,
+                    "battery_min": 80.0,
+                }
+            )
+            rows["location_stats"].append(
+                {
+                    "window_start": window,
+                    "location": location,
+                    "events": 6,
+                    "sensors": 2,
+                    "temperature_avg": t,
+                    "temperature_max": t + 1,
+                }
+            )
         for event_type, revenue in (("page_view", 0.0), ("purchase", 12.5 + k)):
-            rows["activity_stats"].append({"window_start": window, "event_type": event_type, "browser": "firefox",
-                                           "events": 3 + k % 5, "users": 2, "revenue": revenue})  # fmt: skip
+            rows["activity_stats"].append(
+                {
+                    "window_start": window,
+                    "event_type": event_type,
+                    "browser": "firefox",
+                    "events": 3 + k % 5,
+                    "users": 2,
+                    "revenue": revenue,
+                }
+            )
     yesterday = (today - timedelta(days=1)).date()
-    store.publish_day(engine, yesterday, {v: [r for r in rs if r["window_start"] < today] for v, rs in rows.items()})
+    store.publish_day(
+        engine, yesterday, {v: [r for r in rs if r["window_start"] < today] for v, rs in rows.items()}
+    )
     for view, view_rows in rows.items():
         speed = [{**r, "updated_at": now} for r in view_rows if r["window_start"] >= today]
         store.upsert(engine, store.SPEED_TABLES[view], speed)
-    store.insert_new(engine, store.alerts, [{
-        "alert_id": f"a{i}", "rule": "temperature_high", "ts": now - timedelta(minutes=i), "subject": "s-roof",
-        "value": 31.0 + i, "threshold": 30.0, "event": json.dumps({"event_id": f"e{i}"}), "created_at": now,
-    } for i in range(4)])  # fmt: skip
-    store.upsert(engine, store.quality_runs, [{
-        "day": yesterday, "suite": "raw_iot_sensors", "success": True, "failed": "[]", "link": None,
-        "statistics": json.dumps({"evaluated_expectations": 9, "successful_expectations": 9}), "run_at": now}])  # fmt: skip
+    store.insert_new(
+        engine,
+        store.alerts,
+        [
+            {
+                "alert_id": f"a{i}",
+                "rule": "temperature_high",
+                "ts": now - timedelta(minutes=i),
+                "subject": "s-roof",
+                "value": 31.0 + i,
+                "threshold": 30.0,
+                "event": json.dumps({"event_id": f"e{i}"}),
+                "created_at": now,
+            }
+            for i in range(4)
+        ],
+    )
+    store.upsert(
+        engine,
+        store.quality_runs,
+        [
+            {
+                "day": yesterday,
+                "suite": "raw_iot_sensors",
+                "success": True,
+                "failed": "[]",
+                "link": None,
+                "statistics": json.dumps({"evaluated_expectations": 9, "successful_expectations": 9}),
+                "run_at": now,
+            }
+        ],
+    )
     engine.dispose()
     return len(windows)
 
@@ -66,8 +128,12 @@ def fill_store(url: str) -> int:
 @pytest.fixture
 def served(tmp_path):
     port = free_port()
-    env = {"LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"), "LAMBDAFLOW_SERVE_PORT": str(port),
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        "LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"),
+        "LAMBDAFLOW_SERVE_PORT": str(port),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+    }
     windows = fill_store(load_settings(data_dir=tmp_path / "data").resolved_store_url)
     server = subprocess.Popen([*LAMBDAFLOW, "serve"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -90,8 +156,12 @@ def test_dashboard_renders_both_layers_in_headless_chromium(served, tmp_path):
     served, windows = served
     ARTIFACTS.mkdir(exist_ok=True)
     profile = ["--user-data-dir=" + str(tmp_path / "chromium")]
-    dom = subprocess.run(["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", served + "/"],
-                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    dom = subprocess.run(
+        ["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", served + "/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     points = dict(re.findall(r'<svg id="([a-z-]+)"[^>]*data-points="(\d+)"', dom))
     assert int(points["temperature-chart"]) == 2 * windows, points  # both locations, batch and speed windows
     assert int(points["activity-chart"]) == 2 * windows and int(points["revenue-chart"]) == windows, points
@@ -100,6 +170,10 @@ def test_dashboard_renders_both_layers_in_headless_chromium(served, tmp_path):
     assert dom.count("temperature_high") == 4 and "raw_iot_sensors" in dom
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
-    subprocess.run(["chromium", *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", served + "/"],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        ["chromium", *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", served + "/"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 20_000
