@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from kafka import KafkaProducer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -82,7 +83,15 @@ class ArchiveTask:
         table = pa.Table.from_batches(list(batches))
         if table.num_rows == 0:
             return
-        topic, partition = table["topic"][0].as_py(), table["partition"][0].as_py()  # one Kafka partition
+        # a task reads one Kafka partition, or several small ones together (lambdaflow.kafka_source)
+        pairs = table.select(["topic", "partition"]).group_by(["topic", "partition"]).aggregate([])
+        for topic, partition in zip(pairs["topic"].to_pylist(), pairs["partition"].to_pylist(), strict=True):
+            mask = pc.and_(pc.equal(table["topic"], topic), pc.equal(table["partition"], partition))
+            yield self._archive_partition(table.filter(mask), topic, partition)
+
+    def _archive_partition(self, table: pa.Table, topic: str, partition: int) -> pa.RecordBatch:
+        """Write one Kafka partition's records of this micro-batch; files are named by batch and partition,
+        so a replayed micro-batch overwrites its own files (exactly once in the lake)."""
         contract = contract_for(topic, self.contracts)
         split = split_records(table, self.contracts, self.max_future, datetime.now(UTC))
         valid: dict[date, list[dict[str, Any]]] = defaultdict(list)
@@ -101,7 +110,7 @@ class ArchiveTask:
             write_parquet_atomically(table_out, day_dir(quarantine_dir(self.lake, topic), day) / name)
         if self.dead_letter_topic and invalid:
             self._send_dead_letters(split.invalid)
-        yield pa.RecordBatch.from_pylist(
+        return pa.RecordBatch.from_pylist(
             [
                 {
                     "topic": topic,

@@ -271,7 +271,7 @@ def archive(once: bool) -> None:
 def stream(once: bool, only: str | None) -> None:
     """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
     from ingestion.archiver import start_archiver
-    from lambdaflow.spark import spark_session
+    from lambdaflow.spark import streaming_session
     from lambdaflow.views import VIEWS
     from speed.streams import ProgressRecorder, start_alert_query, start_view_query
 
@@ -283,7 +283,7 @@ def stream(once: bool, only: str | None) -> None:
             f"unknown query {unknown}; choose from {', '.join(known)}", param_hint="--only"
         )
     settings = _settings()
-    spark = spark_session(settings, "lambdaflow-stream")
+    spark = streaming_session(settings)
     recorder = ProgressRecorder(settings.resolved_store_url)
     spark.streams.addListener(recorder)
     starters = {

@@ -149,6 +149,18 @@ class KafkaRange(InputPartition):
     end: int
 
 
+@dataclass(frozen=True)
+class KafkaRanges(InputPartition):
+    """Several small ranges read by one task: a trickle of records spread over many Kafka partitions would
+    otherwise cost one Spark task each, and per-task overhead, not data, would set the micro-batch time."""
+
+    ranges: tuple[KafkaRange, ...]
+
+
+# Micro-batches with fewer records than this are read by one task (see KafkaRanges).
+SMALL_BATCH_ROWS = 20_000
+
+
 # Consumers reused across micro-batches within one Python worker (Spark reuses its Python workers).
 _WORKER_CONSUMERS: dict[tuple, KafkaConsumer] = {}
 
@@ -257,17 +269,21 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def reportLatestOffset(self) -> dict[str, int] | None:
         return None
 
-    def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[KafkaRange]:
+    def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[InputPartition]:
         ranges = []
         for key, stop in sorted(end.items()):
             tp = parse_offset_key(key)
             begin = int(start.get(key, 0))
             if int(stop) > begin:
                 ranges.append(KafkaRange(tp.topic, tp.partition, begin, int(stop)))
-        return ranges
+        if len(ranges) > 1 and sum(r.end - r.start for r in ranges) < SMALL_BATCH_ROWS:
+            return [KafkaRanges(tuple(ranges))]
+        return list(ranges)
 
-    def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
-        return read_range(self.config, partition)
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        if isinstance(partition, KafkaRanges):
+            return (batch for part in partition.ranges for batch in read_range(self.config, part))
+        return read_range(self.config, partition)  # type: ignore[arg-type]
 
     def commit(self, end: dict[str, int]) -> None:
         """Offsets live in Spark's checkpoint; nothing is committed to Kafka."""

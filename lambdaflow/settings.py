@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = Field("2g", pattern=r"^\d+[kmgt]$")
     spark_shuffle_partitions: int = Field(4, ge=1)
+    # stateful streaming queries: one state partition each keeps a trickle's micro-batch to a few tasks;
+    # fixed in a query's checkpoint when it first starts
+    stream_shuffle_partitions: int = Field(1, ge=1)
 
     window_seconds: int = Field(300, ge=1, le=86_400)
     watermark_seconds: int = Field(600, ge=0)

@@ -51,3 +51,10 @@ def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSess
     session.sparkContext.setLogLevel("WARN")
     session.dataSource.register(KafkaDataSource)
     return session
+
+
+def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -> SparkSession:
+    """A session for the streaming application: its stateful queries get `stream_shuffle_partitions`."""
+    session = spark_session(settings, app_name)
+    session.conf.set("spark.sql.shuffle.partitions", str(settings.stream_shuffle_partitions))
+    return session

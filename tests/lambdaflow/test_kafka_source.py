@@ -4,7 +4,15 @@ import re
 
 import pytest
 
-from lambdaflow.kafka_source import FORMAT, client_config, limit_rows
+from lambdaflow.kafka_source import (
+    FORMAT,
+    SMALL_BATCH_ROWS,
+    KafkaRange,
+    KafkaRanges,
+    KafkaStreamReader,
+    client_config,
+    limit_rows,
+)
 from tests.kafka_helpers import produce_values
 
 pytestmark = pytest.mark.integration
@@ -29,6 +37,15 @@ def test_limit_rows_shares_the_cap_by_backlog():
     capped = limit_rows(start, ends, 100)
     assert capped == {"a:0": 75, "a:1": 35, "a:2": 0}
     assert limit_rows(start, ends, 1000) == ends
+
+
+def test_a_trickle_is_one_task_and_a_backlog_one_task_per_partition():
+    reader = KafkaStreamReader({"subscribe": "a,b", "kafka.bootstrap.servers": "127.0.0.1:1"})
+    start = {"a:0": 0, "a:1": 5, "b:0": 10}
+    small = reader.partitions(start, {"a:0": 3, "a:1": 5, "b:0": 12})
+    assert small == [KafkaRanges((KafkaRange("a", 0, 0, 3), KafkaRange("b", 0, 10, 12)))]
+    big = reader.partitions(start, {"a:0": SMALL_BATCH_ROWS, "a:1": 6, "b:0": 10})
+    assert big == [KafkaRange("a", 0, 0, SMALL_BATCH_ROWS), KafkaRange("a", 1, 5, 6)]
 
 
 def test_client_options_follow_the_spark_kafka_convention():
