@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app
@@ -30,6 +31,12 @@ def _stream_status(engine: Any, now: datetime, stale_seconds: float) -> dict[str
             "queries": queries}  # fmt: skip
 
 
+def last_recompute(lake: Path) -> datetime | None:
+    """When the batch layer last wrote a recomputed day into the lake (the newest `views/*/date=*` dir)."""
+    newest = max((day.stat().st_mtime for day in (lake / "views").glob("*/date=*")), default=None)
+    return None if newest is None else utc_naive(datetime.fromtimestamp(newest, UTC))
+
+
 @health.route("/health")
 def report() -> Any:
     """200 when the store answers and every streaming query reported recently; 503 (with the same body)
@@ -43,7 +50,11 @@ def report() -> Any:
             connection.execute(text("SELECT 1"))
             last_run = connection.execute(select(func.max(store.quality_runs.c.run_at))).scalar()
         body["store"] = {"ok": True, "dialect": engine.dialect.name}
-        body["batch"] = {"horizons": merge.horizons(engine), "last_quality_run": last_run}
+        body["batch"] = {
+            "horizons": merge.horizons(engine),
+            "last_recompute": last_recompute(settings.lake_dir),
+            "last_quality_run": last_run,
+        }
         body["stream"] = _stream_status(engine, now, settings.health_stream_stale_seconds)
     except SQLAlchemyError as exc:
         body["store"] = {"ok": False, "error": str(exc.__cause__ or exc).splitlines()[0]}

@@ -216,8 +216,12 @@ def test_health_is_503_until_the_stream_reports_and_when_the_store_is_gone(fille
     }
     store.upsert(engine, store.stream_progress, [{**progress, "updated_at": datetime.now(UTC)}])
     store.upsert(engine, store.horizons, [{"view": "sensor_stats", "horizon": TODAY}])
+    settings = app.extensions["lambdaflow.settings"]
+    (settings.lake_dir / "views" / "sensor_stats" / "date=2026-11-01").mkdir(parents=True)
     body = client.get("/health").get_json()
     assert body["status"] == "ok" and body["store"]["ok"] is True
+    recomputed = datetime.fromisoformat(body["batch"]["last_recompute"].replace("Z", ""))
+    assert abs((recomputed - datetime.now(UTC).replace(tzinfo=None)).total_seconds()) < 60
     assert body["batch"]["horizons"]["sensor_stats"] == TODAY.isoformat() + "Z"
     assert body["stream"]["queries"][0]["batch_id"] == 7 and body["stream"]["queries"][0]["late_rows"] == 2
     store.upsert(engine, store.stream_progress, [{**progress, "updated_at": NOW - timedelta(hours=1)}])
