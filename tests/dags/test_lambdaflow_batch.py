@@ -71,10 +71,11 @@ def test_airflow_dags_test_publishes_the_ground_truth_and_a_corrupt_day_publishe
     # 5 % impossible temperatures written straight into day D's lake: the raw gate stops the run
     import pyarrow as pa
 
-    from expectations.gates import data_docs_dir, raw_day_frame
+    from expectations.gates import data_docs_dir, read_raw_day
     from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, write_parquet_atomically
 
-    corrupt = raw_day_frame(settings, "iot_sensors", day).sample(frac=0.05, random_state=1)
+    raw = read_raw_day(settings, "iot_sensors", day).to_pandas().drop_duplicates("event_id")
+    corrupt = raw.sample(frac=0.05, random_state=1)
     corrupt["event_id"] = [f"00000000-0000-4000-8000-{n:012d}" for n in range(len(corrupt))]
     corrupt["temperature"] = -273.0
     table = pa.Table.from_pandas(corrupt, schema=RAW_SCHEMAS["iot_sensors"], preserve_index=False)

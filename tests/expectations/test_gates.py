@@ -17,6 +17,7 @@ from expectations.gates import (
     QualityGateFailed,
     data_docs_dir,
     raw_day_frame,
+    read_raw_day,
     reconcile_day,
     validate_raw_day,
     validate_view_day,
@@ -59,7 +60,8 @@ def test_gates_pass_a_clean_day_and_stop_a_corrupt_one(spark, settings):
     assert all(row["success"] for row in recorded.values())
     assert (data_docs_dir(settings) / recorded["raw_iot_sensors"]["link"]).is_file()
 
-    corrupt = readings.sample(frac=0.05, random_state=3).copy()
+    raw = read_raw_day(settings, "iot_sensors", day).to_pandas()  # with the Kafka coordinates
+    corrupt = raw.drop_duplicates("event_id").sample(frac=0.05, random_state=3).copy()
     corrupt["event_id"] = [str(uuid.uuid4()) for _ in range(len(corrupt))]
     corrupt["temperature"] = 999.0
     path = day_dir(raw_dir(settings.lake_dir, settings.topic_iot), day) / "part-corrupt.parquet"
