@@ -41,18 +41,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise `BrokerError` when something already listens on host:port."""
+def check_port_free(
+    host: str, port: int, hint: str = "another broker running? set LAMBDAFLOW_BROKER_PORT or stop it"
+) -> None:
+    """Raise `BrokerError` (one line, ending with `hint` when the port is taken) unless host:port is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise BrokerError(
-                    f"port {host}:{port} is already in use (another broker running? "
-                    "set LAMBDAFLOW_BROKER_PORT or stop it)"
-                ) from None
+                raise BrokerError(f"port {host}:{port} is already in use ({hint})") from None
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 

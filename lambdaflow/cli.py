@@ -337,11 +337,10 @@ def batch_day(day: datetime, publish: bool) -> None:
 @_one_line_errors
 def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API, the dashboard and the Data Docs (gunicorn); Ctrl-C stops it."""
-    import socket
-
     from sqlalchemy.exc import SQLAlchemyError
 
     from lambdaflow import store
+    from lambdaflow.broker import check_port_free
     from serving.server import serve as run_server
 
     settings = _settings(serve_host=host, serve_port=port)
@@ -349,13 +348,7 @@ def serve(host: str | None, port: int | None) -> None:
         store.connect(settings.resolved_store_url).dispose()
     except SQLAlchemyError as exc:
         _fail(f"the serving store is unreachable (LAMBDAFLOW_STORE_URL): {str(exc).splitlines()[0]}")
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((settings.serve_host, settings.serve_port))
-        except OSError as exc:
-            _fail(f"cannot listen on {settings.serve_host}:{settings.serve_port} ({exc.strerror}); "
-                  "set --port or LAMBDAFLOW_SERVE_PORT")  # fmt: skip
+    check_port_free(settings.serve_host, settings.serve_port, hint="set --port or LAMBDAFLOW_SERVE_PORT")
     auth = "a bearer token" if settings.api_token else "no token (set LAMBDAFLOW_API_TOKEN to need one)"
     log.info("serving http://%s:%d/ (API /api/v1, docs /api/docs, health /health) with %s",
              settings.serve_host, settings.serve_port, auth)  # fmt: skip

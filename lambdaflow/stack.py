@@ -26,7 +26,7 @@ from typing import TextIO
 
 from honcho.manager import Manager
 
-from lambdaflow.broker import EmbeddedBroker
+from lambdaflow.broker import EmbeddedBroker, check_port_free
 from lambdaflow.settings import Settings
 
 
@@ -186,19 +186,11 @@ def print_endpoints(settings: Settings, broker: EmbeddedBroker, secrets_: dict[s
 
 def require_free_ports(settings: Settings) -> None:
     """Stop at once, in one line, when a port the stack needs is taken (not after half of it started)."""
-    import socket
-
     wanted = {"LAMBDAFLOW_BROKER_PORT": (settings.broker_host, settings.broker_port),
               "LAMBDAFLOW_SERVE_PORT": (settings.serve_host, settings.serve_port),
               "LAMBDAFLOW_AIRFLOW_PORT": (settings.serve_host, settings.airflow_port)}  # fmt: skip
-    for variable, address in wanted.items():
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise ValueError(f"port {address[1]} on {address[0]} is taken ({exc.strerror}); "
-                                 f"set {variable}") from None  # fmt: skip
+    for variable, (host, port) in wanted.items():
+        check_port_free(host, port, hint=f"set {variable}")
 
 
 def migrate_airflow(env: dict[str, str], log_path: Path) -> None:

@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
 
+from lambdaflow import store
 from serving import merge
 from serving.params import ActivityQuery, AlertsQuery, QualityQuery, SessionsQuery, TimeRange
 
@@ -77,7 +78,7 @@ class AnswerCache:
 def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filters: Any) -> Response:
     """The merged answer; with a `subject` (one sensor or location), a 404 when it has no row at all."""
     cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
-    horizon = merge.horizon(_engine(), view)
+    horizon = store.horizon_of(_engine(), view)
     key = (request.full_path, horizon) if horizon is not None and args["end"] <= horizon else None
     cached = cache.get(key) if key else None
     if cached is not None:

@@ -11,7 +11,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from lambdaflow import store
+from lambdaflow.lake import view_dir
 from lambdaflow.store import utc_naive
+from lambdaflow.views import VIEWS
 from serving import merge
 
 health = Blueprint("health", __name__)
@@ -32,8 +34,9 @@ def _stream_status(engine: Any, now: datetime, stale_seconds: float) -> dict[str
 
 
 def last_recompute(lake: Path) -> datetime | None:
-    """When the batch layer last wrote a recomputed day into the lake (the newest `views/*/date=*` dir)."""
-    newest = max((day.stat().st_mtime for day in (lake / "views").glob("*/date=*")), default=None)
+    """When the batch layer last wrote a recomputed day into the lake (the newest view day directory)."""
+    days = (day for view in VIEWS for day in view_dir(lake, view).glob("date=*"))
+    newest = max((day.stat().st_mtime for day in days), default=None)
     return None if newest is None else utc_naive(datetime.fromtimestamp(newest, UTC))
 
 

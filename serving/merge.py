@@ -3,7 +3,8 @@ speed table, and every row says which layer answered.
 
 The horizon is the end of the newest published batch day. Publishing deletes the speed rows it covers, but a
 late micro-batch can write one back, so the speed side is filtered on the horizon too. Both sides are read in
-one statement (a UNION ALL), so a publish between two reads cannot show a window twice or not at all.
+one statement (a UNION ALL); the horizon is read just before it, so a publish completing in between can leave
+the newly published day's windows out of that one answer (the next one has them).
 """
 
 from __future__ import annotations
@@ -79,13 +80,6 @@ def merged_view(
         names = list(result.keys())
         rows = [dict(zip(names, row, strict=True)) for row in result.all()]  # 3× faster than .mappings()
     return Merged(horizon, rows)
-
-
-def horizon(engine: Engine, view: str) -> datetime | None:
-    with engine.connect() as connection:
-        return connection.execute(
-            select(store.horizons.c.horizon).where(store.horizons.c.view == view)
-        ).scalar()
 
 
 def exists(engine: Engine, view: str, column: str, value: Any) -> bool:
