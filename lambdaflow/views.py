@@ -28,10 +28,36 @@ def clean(events: DataFrame) -> DataFrame:
 
 
 def dedupe_exact(events: DataFrame) -> DataFrame:
-    """Keep one row per `event_id`: the one with the lowest Kafka coordinates (the first one received)."""
+    """Keep one row per `event_id`: the one with the lowest Kafka coordinates (the first one received).
+
+    Duplicates are rare, so only the repeated ids are ordered: a count per 64-bit hash of the id (a narrow
+    hash aggregate) finds the candidates, the other rows pass through an anti-join against that small set,
+    and the candidates' copies are ranked per `event_id` (a hash collision only makes two ids candidates).
+    Ranking every row (a sort of the whole day's rows) costs several times more. Eager: it counts the
+    candidates to pick the join strategy."""
     order = [F.col(name) for name in KAFKA_ORDER if name in events.columns] or [F.col("ts")]
-    first = Window.partitionBy("event_id").orderBy(*order)
-    return events.withColumn("_copy", F.row_number().over(first)).where("_copy = 1").drop("_copy")
+
+    def first_copies(rows: DataFrame) -> DataFrame:
+        rank = F.row_number().over(Window.partitionBy("event_id").orderBy(*order))
+        return rows.withColumn("_copy", rank).where("_copy = 1").drop("_copy")
+
+    id_hash = F.xxhash64("event_id")
+    repeated = (
+        events.groupBy(id_hash.alias("_id_hash")).agg(F.count(F.lit(1)).alias("_copies")).where("_copies > 1")
+        .select("_id_hash").cache()
+    )  # fmt: skip
+    count = repeated.count()
+    if count == 0 or count > REPEATED_IDS_BROADCAST_LIMIT:
+        repeated.unpersist()
+        return events if count == 0 else first_copies(events)
+    candidate = id_hash == F.broadcast(repeated)["_id_hash"]
+    once = events.join(F.broadcast(repeated), candidate, "left_anti")
+    copies = events.join(F.broadcast(repeated), candidate, "left_semi")
+    return once.unionByName(first_copies(copies))
+
+
+# Above this many candidate ids in one dedupe, their hashes are not broadcast (8 bytes each).
+REPEATED_IDS_BROADCAST_LIMIT = 2_000_000
 
 
 def dedupe_within_watermark(events: DataFrame) -> DataFrame:
