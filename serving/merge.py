@@ -2,9 +2,9 @@
 speed table, and every row says which layer answered.
 
 The horizon is the end of the newest published batch day. Publishing deletes the speed rows it covers, but a
-late micro-batch can write one back, so the speed side is filtered on the horizon too. Both sides are read in
-one statement (a UNION ALL); the horizon is read just before it, so a publish completing in between can leave
-the newly published day's windows out of that one answer (the next one has them).
+late micro-batch can write one back, so the speed side is filtered on the horizon too. Both sides and the
+horizon are read in one statement (a UNION ALL with the horizon as a scalar subquery), so an answer never
+straddles a publish.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, String, and_, func, literal, select, union_all
+from sqlalchemy import Engine, Select, String, and_, func, literal, or_, select, union_all
 
 from lambdaflow import store
 from lambdaflow.views import VIEWS
@@ -36,10 +36,9 @@ class Merged:
     rows: list[dict[str, Any]]
 
 
-def _side(table: Any, columns: Sequence[str], source: str, conditions: list[Any]) -> Select:
-    return select(*(table.c[name] for name in columns), literal(source, String()).label("source")).where(
-        and_(*conditions)
-    )
+def _side(table: Any, columns: Sequence[str], source: str, horizon: Any, conditions: list[Any]) -> Select:
+    labels = (literal(source, String()).label("source"), horizon.label("batch_as_of"))
+    return select(*(table.c[name] for name in columns), *labels).where(and_(*conditions))
 
 
 def merged_view(
@@ -60,26 +59,27 @@ def merged_view(
         found = [table.c[name] == value for name, value in (equals or {}).items()]
         return found + [table.c[name] >= value for name, value in (at_least or {}).items()]
 
+    # The horizon is a scalar subquery of the one statement: the rows and the `batch_as_of` they carry come
+    # from one snapshot even while a publish commits. A NULL horizon selects no batch rows, every speed row.
+    horizon = select(store.horizons.c.horizon).where(store.horizons.c.view == view).scalar_subquery()
+    batch_time, speed_time = batch.c[time_column], speed.c[time_column]
+    batch_side = _side(batch, columns, "batch", horizon, [
+        batch_time >= start, batch_time < end, batch_time < horizon, *filters(batch)
+    ])  # fmt: skip
+    speed_side = _side(speed, columns, "speed", horizon, [
+        speed_time >= start, speed_time < end, or_(horizon.is_(None), speed_time >= horizon), *filters(speed)
+    ])  # fmt: skip
+    statement = union_all(batch_side, speed_side).order_by(
+        time_column, *[c for c in VIEWS[view].keys if c != time_column]
+    )
     with engine.connect() as connection:
-        horizon = connection.execute(
-            select(store.horizons.c.horizon).where(store.horizons.c.view == view)
-        ).scalar()
-        sides = []
-        if horizon is not None and start < horizon:
-            batch_time = batch.c[time_column]
-            in_batch = [batch_time >= start, batch_time < min(end, horizon)]
-            sides.append(_side(batch, columns, "batch", [*in_batch, *filters(batch)]))
-        if horizon is None or end > horizon:
-            speed_time = speed.c[time_column]
-            sides.append(_side(speed, columns, "speed",
-                               [speed_time >= max(start, horizon or start), speed_time < end,
-                                *filters(speed)]))  # fmt: skip
-        statement = sides[0] if len(sides) == 1 else union_all(*sides)
-        ordered = statement.order_by(time_column, *[c for c in VIEWS[view].keys if c != time_column])
-        result = connection.execute(ordered)
-        names = list(result.keys())
-        rows = [dict(zip(names, row, strict=True)) for row in result.all()]  # 3× faster than .mappings()
-    return Merged(horizon, rows)
+        result = connection.execute(statement)
+        names = list(result.keys())[:-1]  # the last column is batch_as_of
+        found = result.all()
+        # nothing found: nothing to be consistent with
+        as_of = found[0][-1] if found else connection.execute(select(horizon)).scalar()
+    rows = [dict(zip(names, row[:-1], strict=True)) for row in found]  # 3× faster than .mappings()
+    return Merged(as_of, rows)
 
 
 def exists(engine: Engine, view: str, column: str, value: Any) -> bool:
