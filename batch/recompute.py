@@ -102,6 +102,7 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     for name, frame in outputs.items():
         rows[name] = write_day_atomically(frame, view_dir(settings.lake_dir, name), day)
         log.info("batch %s %s: %d rows (%.1f s so far)", day, name, rows[name], time.monotonic() - started)
+    log.info("batch %s recomputed in %.1f s", day, time.monotonic() - started)
     return DayResult(day, rows, time.monotonic() - started)
 
 

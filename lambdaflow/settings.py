@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # stateful streaming queries: one state partition each keeps a trickle's micro-batch to a few tasks;
     # fixed in a query's checkpoint when it first starts
     stream_shuffle_partitions: int = Field(1, ge=1)
+    # the streaming application's JVM heap: its state is small, and 2g of heap made the JVM exceed 2 GiB
+    stream_driver_memory: str = Field("1536m", pattern=r"^\d+[kmgt]$")
 
     window_seconds: int = Field(300, ge=1, le=86_400)
     watermark_seconds: int = Field(600, ge=0)

@@ -28,12 +28,14 @@ def trigger(settings: Settings, once: bool) -> dict[str, object]:
     return {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
 
 
-def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSession:
+def spark_session(
+    settings: Settings, app_name: str = "lambdaflow", driver_memory: str | None = None
+) -> SparkSession:
     prepare_environment()
     session = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
-        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.driver.memory", driver_memory or settings.spark_driver_memory)
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
@@ -54,7 +56,8 @@ def spark_session(settings: Settings, app_name: str = "lambdaflow") -> SparkSess
 
 
 def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -> SparkSession:
-    """A session for the streaming application: its stateful queries get `stream_shuffle_partitions`."""
-    session = spark_session(settings, app_name)
+    """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` for
+    its stateful queries."""
+    session = spark_session(settings, app_name, settings.stream_driver_memory)
     session.conf.set("spark.sql.shuffle.partitions", str(settings.stream_shuffle_partitions))
     return session
