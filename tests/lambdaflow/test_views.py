@@ -89,3 +89,30 @@ def test_view_equals_pandas_ground_truth(spark, request, view, source):
         assert set(actual["browser"]) == {"chrome", "firefox", "safari", "edge"}
     if view == "sessions":
         assert (actual["duration_s"] > 300).any() and (actual["purchases"] > 0).any()
+
+
+@pytest.mark.parametrize("rank_every_row", [False, True], ids=["repeated-ids-only", "every-row"])
+def test_dedupe_keeps_the_copy_with_the_lowest_kafka_coordinates(spark, monkeypatch, rank_every_row):
+    """Copies that differ (a re-send after a producer fix, say) show which one survives: the first received
+    by (topic, partition, offset), whatever order the rows come in; ids seen once pass through untouched."""
+    rng = random.Random(5)
+    rows = []
+    for number in range(300):
+        copies = rng.choice([1, 1, 1, 2, 3])
+        coordinates = rng.sample([(t, p, o) for t in ("a", "b") for p in range(3) for o in range(50)], copies)
+        for copy, (topic, partition, offset) in enumerate(coordinates):
+            rows.append({"event_id": f"e{number}", "value": float(copy), "_topic": topic,
+                         "_partition": partition, "_offset": offset + 1000 * number})  # fmt: skip
+    rng.shuffle(rows)
+    frame = pd.DataFrame(rows)
+    truth = frame.sort_values(["_topic", "_partition", "_offset"]).drop_duplicates("event_id")
+    assert frame["event_id"].duplicated().any() and (truth["value"] > 0).any(), "no copy order to tell apart"
+    if rank_every_row:
+        monkeypatch.setattr("lambdaflow.views.REPEATED_IDS_BROADCAST_LIMIT", 0)
+
+    kept = dedupe_exact(spark.createDataFrame(frame)).toPandas()
+
+    def by_id(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.sort_values("event_id").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(by_id(kept), by_id(truth), check_dtype=False)
