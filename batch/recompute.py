@@ -94,7 +94,7 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     outputs: dict[str, DataFrame] = {}
     for name, view in VIEWS.items():
         size = settings.session_gap_seconds if name == "sessions" else settings.window_seconds
-        outputs[name] = view.build(events[view.contract], size, exact=True)
+        outputs[name] = view.build(events[view.contract], size)
     late = [late_events(frame, settings) for frame in events.values()]
     outputs[LATE_EVENTS] = late[0].unionByName(late[1])
     outputs[BASELINES] = baselines(spark, settings, day, events["iot_sensors"])

@@ -266,14 +266,14 @@ def archive(once: bool) -> None:
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Process what is in the topics now, then exit (availableNow).")
-@click.option("--only", help="Comma-separated queries to run: archiver and/or views (default: all).")
+@click.option("--only", help="Comma-separated parts to run: archiver, views, alerts (default: all).")
 @_one_line_errors
 def stream(once: bool, only: str | None) -> None:
     """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
     from ingestion.archiver import start_archiver
     from lambdaflow.spark import streaming_session
     from lambdaflow.views import VIEWS
-    from speed.streams import ProgressRecorder, start_alert_query, start_view_query
+    from speed.streams import ProgressRecorder, speed_queries, start_speed_query
 
     known = ["archiver", *VIEWS, "alerts"]
     selected = [name.strip() for name in only.split(",")] if only else known
@@ -286,12 +286,9 @@ def stream(once: bool, only: str | None) -> None:
     spark = streaming_session(settings)
     recorder = ProgressRecorder(settings.resolved_store_url)
     spark.streams.addListener(recorder)
-    starters = {
-        "archiver": lambda: start_archiver(spark, settings, once=once),
-        "alerts": lambda: start_alert_query(spark, settings, once=once),
-    }
-    queries = [starters.get(name, lambda n=name: start_view_query(spark, settings, n, once=once))()
-               for name in selected]  # fmt: skip
+    queries = [start_archiver(spark, settings, once=once)] if "archiver" in selected else []
+    for contract, parts in speed_queries(selected).items():  # one query per topic
+        queries.append(start_speed_query(spark, settings, contract, parts, once=once))
     log.info("streaming %s (%s); store %s", ", ".join(selected), "once" if once else "continuous",
              settings.resolved_store_url)  # fmt: skip
     try:

@@ -1,7 +1,8 @@
 """The serving store's schema and access (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
 
-Tables: `speed_<view>` (real-time aggregates, primary key = the view's key), `alerts` (deterministic ids),
-`stream_progress` (one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per
+Tables: `speed_<view>` (real-time aggregates, primary key = the view's key, with their mergeable partials),
+`speed_commits` (the last micro-batch merged per speed query), `alerts` (deterministic ids), `stream_progress`
+(one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per
 published day), `horizons` (per view, the end of the newest published day), `baselines` (per sensor and hour
 of day, from the batch layer), `quality_runs` (Great Expectations results). Writers upsert whole rows or
 replace whole days, so writing the same micro-batch or day twice leaves the store unchanged.
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -62,6 +64,15 @@ VIEW_COLUMNS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
+# The speed tables also keep each view's mergeable partials (see lambdaflow.views.Increment): sums behind the
+# averages and the HyperLogLog sketches behind the distinct counts.
+SPEED_PARTIAL_COLUMNS: dict[str, dict[str, Any]] = {
+    "sensor_stats": {"temperature_sum": Float(), "humidity_sum": Float(), "pressure_sum": Float()},
+    "location_stats": {"temperature_sum": Float(), "sensors_sketch": LargeBinary()},
+    "activity_stats": {"users_sketch": LargeBinary()},
+    "sessions": {},
+}  # fmt: skip
+
 
 # The serving layer looks views up by one subject over a time range; these indexes make that a range scan.
 _LOOKUPS: dict[str, tuple[str, ...]] = {
@@ -79,8 +90,10 @@ def _view_table(prefix: str, view: str) -> Table:
     ]
     if view in _LOOKUPS:
         columns.append(Index(f"ix_{prefix}_{view}_lookup", *_LOOKUPS[view]))
-    if prefix == "speed":  # when the stream last changed the aggregate (freshness)
-        return Table(f"{prefix}_{view}", metadata, *columns, Column("updated_at", _TIME, nullable=False))
+    if prefix == "speed":  # the partials, and when the stream last changed the aggregate (freshness)
+        partials = [Column(name, kind) for name, kind in SPEED_PARTIAL_COLUMNS[view].items()]
+        updated_at = Column("updated_at", _TIME, nullable=False)
+        return Table(f"{prefix}_{view}", metadata, *columns, *partials, updated_at)
     # batch rows carry their day, not a wall-clock time, so republishing a day changes no byte
     day = Column("day", Date, nullable=False, index=True)
     return Table(f"{prefix}_{view}", metadata, *columns, day)
@@ -146,6 +159,17 @@ stream_progress = Table(
     Column("updated_at", _TIME, nullable=False),
 )
 
+# The last micro-batch each speed query merged into the store, in the same transaction as its rows: a replayed
+# batch (same checkpoint, same or lower id) is skipped, so every event counts once.
+speed_commits = Table(
+    "speed_commits",
+    metadata,
+    Column("query", String(64), primary_key=True),
+    Column("checkpoint_id", String(64), nullable=False),  # the Spark query id kept in the checkpoint
+    Column("batch_id", BigInteger, nullable=False),
+    Column("committed_at", _TIME, nullable=False),
+)
+
 baselines = Table(
     "baselines",
     metadata,
@@ -197,30 +221,43 @@ def _naive_utc(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows]
 
 
-def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> int:
-    """Insert rows, replacing every non-key column of rows whose primary key exists; one transaction."""
-    if not rows:
-        return 0
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+def _insert(connection: Any) -> Any:
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+def upsert_rows(connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> int:
+    """Insert rows, replacing every non-key column of rows whose primary key exists (in the caller's
+    transaction)."""
     keys = [column.name for column in table.primary_key.columns]
-    with engine.begin() as connection:
-        for start in range(0, len(rows), chunk):
-            part = _naive_utc(rows[start : start + chunk])
-            statement = insert(table).values(part)
-            updates = {name: statement.excluded[name] for name in part[0] if name not in keys}
-            connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
+    for start in range(0, len(rows), chunk):
+        part = _naive_utc(rows[start : start + chunk])
+        statement = _insert(connection)(table).values(part)
+        updates = {name: statement.excluded[name] for name in part[0] if name not in keys}
+        connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
     return len(rows)
 
 
-def insert_new(engine: Engine, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+def upsert(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> int:
+    """`upsert_rows` in a transaction of its own."""
+    if not rows:
+        return 0
+    with engine.begin() as connection:
+        return upsert_rows(connection, table, rows, chunk)
+
+
+def insert_new_rows(connection: Any, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
     """Insert rows whose primary key is not there yet (alerts: a replay must not duplicate or rewrite)."""
     rows = _naive_utc(rows)
     if not rows:
         return 0
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    with engine.begin() as connection:
-        result = connection.execute(insert(table).values(rows).on_conflict_do_nothing())
+    result = connection.execute(_insert(connection)(table).values(rows).on_conflict_do_nothing())
     return max(result.rowcount, 0)
+
+
+def insert_new(engine: Engine, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+    """`insert_new_rows` in a transaction of its own."""
+    with engine.begin() as connection:
+        return insert_new_rows(connection, table, rows)
 
 
 def publish_day(
@@ -239,7 +276,7 @@ def publish_day(
         for view_name, rows in views.items():
             table = BATCH_TABLES[view_name]
             connection.execute(table.delete().where(table.c.day == day))
-            _insert_chunks(connection, table, [{**row, "day": day} for row in rows])
+            insert_rows(connection, table, [{**row, "day": day} for row in rows])
             current = connection.execute(
                 select(horizons.c.horizon).where(horizons.c.view == view_name)
             ).scalar()
@@ -254,16 +291,15 @@ def publish_day(
             time_column = speed.c[VIEWS[view_name].time_column]
             connection.execute(speed.delete().where(time_column < horizon))
         connection.execute(batch_late_events.delete().where(batch_late_events.c.day == day))
-        _insert_chunks(connection, batch_late_events, [{**row, "day": day} for row in late_events])
+        insert_rows(connection, batch_late_events, [{**row, "day": day} for row in late_events])
         if baselines_rows is not None:
             connection.execute(baselines.delete())
-            _insert_chunks(connection, baselines, baselines_rows)
+            insert_rows(connection, baselines, baselines_rows)
     return end
 
 
-def _insert_chunks(
-    connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000
-) -> None:
+def insert_rows(connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> None:
+    """Insert rows in chunks (in the caller's transaction)."""
     for start in range(0, len(rows), chunk):
         connection.execute(table.insert(), _naive_utc(rows[start : start + chunk]))
 

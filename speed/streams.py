@@ -1,18 +1,22 @@
-"""The speed layer's streaming queries: real-time views upserted into the store's `speed_<view>` tables.
+"""The speed layer: one streaming query per topic, keeping that topic's views and alerts in the store.
 
-Each view is one query: Kafka source → contract validation (the kernel's, shared with the archiver) →
-watermark → dedupe on `event_id` within the watermark → the shared cleaning → the view definition with
-approximate distinct counts → `update` output mode → a sink that upserts the whole aggregate of every window
-that changed. Spark's checkpoint replays an unfinished micro-batch with the same offsets and state, and the
-upsert of whole aggregates makes that replay change nothing.
+A query reads its topic once: Kafka source → contract validation (the kernel's, shared with the archiver) →
+watermark → dedupe on `event_id` within the watermark → the shared cleaning. Each micro-batch of new events is
+aggregated into each view's partial rows (`lambdaflow.views.Increment`), which are merged with the stored ones
+of the same keys, and checked against the alert rules. The merged rows, the new alerts and the batch id go to
+the store in one transaction (`speed_commits`): Spark replays an unfinished micro-batch with the same id,
+which the store then skips, so every event counts once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+from sqlalchemy import select, tuple_
 
 from lambdaflow import store
 from lambdaflow.contracts import MODELS
@@ -29,6 +34,8 @@ from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
 from lambdaflow.spark import trigger
 from lambdaflow.views import VIEWS, clean, dedupe_within_watermark
+from speed.alerts import Alert, Baselines, Thresholds, reading_alerts, session_alerts
+from speed.increments import merge_sessions, merge_windows
 
 log = logging.getLogger(__name__)
 
@@ -85,38 +92,97 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     return parsed.observe(INVALID_METRIC, invalid).where(~F.col(INVALID)).drop(INVALID)
 
 
-def view_stream(spark: SparkSession, settings: Settings, view_name: str) -> DataFrame:
-    """The real-time aggregates of one view, as an unbounded DataFrame (update mode)."""
-    view = VIEWS[view_name]
-    events = valid_events(spark, settings, view.contract).withWatermark(
+def speed_events(spark: SparkSession, settings: Settings, contract: str) -> DataFrame:
+    """The valid events of a contract's topic behind the watermark, deduplicated within it and cleaned."""
+    events = valid_events(spark, settings, contract).withWatermark(
         "ts", f"{settings.watermark_seconds} seconds"
     )
-    events = clean(dedupe_within_watermark(events))
-    size = settings.session_gap_seconds if view_name == "sessions" else settings.window_seconds
-    return view.build(events, size, exact=False)
+    return clean(dedupe_within_watermark(events))
+
+
+ALERTS = "alerts"  # the reading alerts, kept by the IoT query (session alerts come with the sessions view)
+QUERY_PARTS: dict[str, tuple[str, ...]] = {
+    contract: (*(name for name, view in VIEWS.items() if view.contract == contract),
+               *((ALERTS,) if contract == "iot_sensors" else ()))
+    for contract in MODELS
+}  # fmt: skip
+
+
+def query_name(contract: str) -> str:
+    return f"speed_{contract}"
+
+
+def checkpoint_of(settings: Settings, contract: str, parts: tuple[str, ...]) -> Path:
+    """A query's checkpoint; one that keeps only some of its topic's parts has its own (it will have merged
+    different events)."""
+    suffix = "" if set(parts) == set(QUERY_PARTS[contract]) else "-" + "+".join(sorted(parts))
+    return settings.checkpoint_dir / f"{query_name(contract)}{suffix}"
 
 
 @dataclass
 class SpeedSink:
-    """foreachBatch function: upsert the changed aggregates of one view into `speed_<view>`."""
+    """foreachBatch function of a topic's query: merge one micro-batch into the store, exactly once."""
 
-    view_name: str
-    store_url: str
-    settings: Settings | None = None  # for the sessions view's alerts
+    settings: Settings
+    contract: str
+    parts: tuple[str, ...]
+    checkpoint: Path
+    _checkpoint_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return query_name(self.contract)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        rows = [row.asDict() for row in batch.collect()]
-        now = datetime.now(UTC)
-        for row in rows:
-            row["updated_at"] = now
-        engine = _engine(self.store_url)
-        store.upsert(engine, store.SPEED_TABLES[self.view_name], rows)
-        log.info("%s batch %d: %d aggregates upserted", query_name(self.view_name), batch_id, len(rows))
-        if self.view_name == "sessions" and self.settings is not None:
-            from speed.alerts import Thresholds, session_alerts
+        started = time.monotonic()
+        views = [part for part in self.parts if part in VIEWS]
+        thresholds = Thresholds.from_settings(self.settings)
+        engine = _engine(self.settings.resolved_store_url)
+        batch.persist()
+        try:
+            partials = {view: self._partial_rows(batch, view) for view in views}
+            readings = reading_alert_candidates(engine, batch, thresholds) if ALERTS in self.parts else []
+        finally:
+            batch.unpersist()
+        checkpoint_id = self.checkpoint_id()
+        commits = store.speed_commits
+        with engine.begin() as connection:
+            commit = connection.execute(select(commits).where(commits.c.query == self.name)).first()
+            if commit is not None and commit.checkpoint_id == checkpoint_id and batch_id <= commit.batch_id:
+                log.info("%s batch %d: merged before, skipped (a replay)", self.name, batch_id)
+                return
+            if commit is None or commit.checkpoint_id != checkpoint_id:
+                # a new checkpoint reads the topic from its start: its views are rebuilt, not added to
+                for view in views:
+                    connection.execute(store.SPEED_TABLES[view].delete())
+            now = datetime.now(UTC)
+            merged = {
+                view: merge_view(connection, self.settings, view, rows, now)
+                for view, rows in partials.items()
+                if rows
+            }
+            baselines = _baselines(engine) if readings else {}
+            alerts = [alert for event in readings for alert in reading_alerts(event, thresholds, baselines)]
+            for session in merged.get("sessions", []):
+                alerts += session_alerts(session, thresholds)
+            new = record_alerts(connection, self.settings, alerts)
+            commit_row = {"query": self.name, "checkpoint_id": checkpoint_id, "batch_id": batch_id,
+                          "committed_at": now}  # fmt: skip
+            store.upsert_rows(connection, commits, [commit_row])
+        log.info("%s batch %d: %s; %d new alerts in %.2f s", self.name, batch_id,
+                 ", ".join(f"{len(rows)} {view} rows" for view, rows in merged.items()) or "no rows",
+                 len(new), time.monotonic() - started)  # fmt: skip
 
-            thresholds = Thresholds.from_settings(self.settings)
-            record_alerts(engine, self.settings, [a for row in rows for a in session_alerts(row, thresholds)])
+    def _partial_rows(self, batch: DataFrame, view: str) -> list[dict[str, Any]]:
+        size = self.settings.session_gap_seconds if view == "sessions" else self.settings.window_seconds
+        return VIEWS[view].increment.partial(batch, size).toArrow().to_pylist()
+
+    def checkpoint_id(self) -> str:
+        """The query id Spark keeps in the checkpoint (a new checkpoint, a new id)."""
+        if self._checkpoint_id is None:
+            metadata = (self.checkpoint / "metadata").read_text().splitlines()[0]
+            self._checkpoint_id = json.loads(metadata)["id"]
+        return self._checkpoint_id
 
 
 _ENGINES: dict[str, Any] = {}
@@ -128,26 +194,72 @@ def _engine(url: str) -> Any:
     return _ENGINES[url]
 
 
-def query_name(view_name: str) -> str:
-    return f"speed_{view_name}"
+_IN_CHUNK = 500  # keys per IN list
 
 
-# Spark supports no `update` mode for session windows: sessions are written when they close (after the gap
-# and the watermark). Fresher sessions need a custom stateful operator (to do, issue #3).
-OUTPUT_MODES = {"sessions": "append"}
+def merge_view(
+    connection: Any, settings: Settings, view: str, rows: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """Merge one view's partial rows into its speed table (in the caller's transaction); return the merged
+    rows."""
+    table, definition = store.SPEED_TABLES[view], VIEWS[view]
+    if definition.increment.sessions:  # a session's start can move: replace all sessions of the ids
+        ids = sorted({row["session_id"] for row in rows})
+        stored = []
+        for chunk in _chunks(ids):
+            stored += connection.execute(select(table).where(table.c.session_id.in_(chunk))).mappings().all()
+            connection.execute(table.delete().where(table.c.session_id.in_(chunk)))
+        merged = merge_sessions(stored, rows, settings.session_gap_seconds)
+        store.insert_rows(connection, table, [{**row, "updated_at": now} for row in merged])
+        return merged
+    keys = [table.c[name] for name in definition.keys]
+    wanted = sorted({tuple(_naive(row[name]) for name in definition.keys) for row in rows})
+    stored = []
+    for chunk in _chunks(wanted):
+        stored += connection.execute(select(table).where(tuple_(*keys).in_(chunk))).mappings().all()
+    merged = merge_windows(definition.increment, definition.keys, stored, rows)
+    store.upsert_rows(connection, table, [{**row, "updated_at": now} for row in merged])
+    return merged
 
 
-def start_view_query(
-    spark: SparkSession, settings: Settings, view_name: str, once: bool = False
+def _naive(value: Any) -> Any:
+    return store.utc_naive(value) if isinstance(value, datetime) else value
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def start_speed_query(
+    spark: SparkSession,
+    settings: Settings,
+    contract: str,
+    parts: tuple[str, ...] | None = None,
+    once: bool = False,
 ) -> StreamingQuery:
+    """Start a topic's query, keeping `parts` (its views and, for IoT, the reading alerts; default all)."""
+    parts = tuple(parts or QUERY_PARTS[contract])
+    unknown = set(parts) - set(QUERY_PARTS[contract])
+    if unknown:
+        raise ValueError(f"{contract} has no {sorted(unknown)}; it keeps {', '.join(QUERY_PARTS[contract])}")
+    checkpoint = checkpoint_of(settings, contract, parts)
     writer = (
-        view_stream(spark, settings, view_name)
-        .writeStream.queryName(query_name(view_name))
-        .outputMode(OUTPUT_MODES.get(view_name, "update"))
-        .foreachBatch(SpeedSink(view_name, settings.resolved_store_url, settings))
-        .option("checkpointLocation", str(settings.checkpoint_dir / query_name(view_name)))
+        speed_events(spark, settings, contract)
+        .writeStream.queryName(query_name(contract))
+        .foreachBatch(SpeedSink(settings, contract, parts, checkpoint))
+        .option("checkpointLocation", str(checkpoint))
     )
     return writer.trigger(**trigger(settings, once)).start()
+
+
+def speed_queries(selected: list[str]) -> dict[str, tuple[str, ...]]:
+    """The topic queries that keep the selected views and alerts: contract → its selected parts."""
+    return {
+        contract: tuple(part for part in parts if part in selected)
+        for contract, parts in QUERY_PARTS.items()
+        if any(part in selected for part in parts)
+    }
 
 
 class ProgressRecorder(StreamingQueryListener):
@@ -206,72 +318,62 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-@dataclass
-class AlertSink:
-    """foreachBatch function for IoT readings: the reading alert rules, written once to the store (ids are
-    deterministic) and each new alert to the alerts topic."""
+def _baselines(engine: Any) -> Baselines:
+    with engine.connect() as connection:
+        return {
+            (row.sensor_id, row.hour_of_day): (row.temperature_mean, row.temperature_std)
+            for row in connection.execute(store.baselines.select())
+        }
 
-    settings: Settings
 
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        from speed.alerts import Thresholds, reading_alerts
+READING_COLUMNS = (
+    "event_id",
+    "sensor_id",
+    "location",
+    "ts",
+    "temperature",
+    "humidity",
+    "pressure",
+    "battery",
+)
 
-        thresholds = Thresholds.from_settings(self.settings)
-        engine = _engine(self.settings.resolved_store_url)
-        with engine.connect() as connection:
-            baselines = {
-                (row.sensor_id, row.hour_of_day): (row.temperature_mean, row.temperature_std)
-                for row in connection.execute(store.baselines.select())
-            }
-        breaking = (F.col("temperature") > thresholds.temperature_c) | (
-            F.col("battery") < thresholds.battery_pct
+
+def reading_alert_candidates(engine: Any, batch: DataFrame, thresholds: Thresholds) -> list[dict[str, Any]]:
+    """The readings of a micro-batch that may break a rule (filtered in Spark; the rules decide)."""
+    baselines = _baselines(engine)
+    breaking = (F.col("temperature") > thresholds.temperature_c) | (F.col("battery") < thresholds.battery_pct)
+    rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
+    if rows:  # anomalies: join the (small) baselines and keep readings beyond |z|
+        frame = batch.sparkSession.createDataFrame(
+            rows, "b_sensor string, b_hour int, b_mean double, b_std double"
         )
-        if baselines:  # anomalies: join the (small) baselines and keep readings beyond |z|
-            rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
-            if rows:
-                frame = batch.sparkSession.createDataFrame(
-                    rows, "b_sensor string, b_hour int, b_mean double, b_std double"
-                )
-                batch = batch.join(
-                    F.broadcast(frame),
-                    (batch.sensor_id == frame.b_sensor) & (F.hour("ts") == frame.b_hour),
-                    "left",
-                )
-                z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
-                breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
-        columns = [
-            "event_id",
-            "sensor_id",
-            "location",
-            "ts",
-            "temperature",
-            "humidity",
-            "pressure",
-            "battery",
-        ]
-        candidates = [row.asDict() for row in batch.where(breaking).select(*columns).collect()]
-        alerts = [alert for event in candidates for alert in reading_alerts(event, thresholds, baselines)]
-        new = record_alerts(engine, self.settings, alerts)
-        if alerts:
-            log.info("speed_alerts batch %d: %d alerts, %d new", batch_id, len(alerts), len(new))
+        batch = batch.join(
+            F.broadcast(frame), (batch.sensor_id == frame.b_sensor) & (F.hour("ts") == frame.b_hour), "left"
+        )
+        z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
+        breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
+    return [row.asDict() for row in batch.where(breaking).select(*READING_COLUMNS).collect()]
 
 
-def record_alerts(engine: Any, settings: Settings, alerts: list) -> list:
-    """Publish the alerts the store does not have yet to the alerts topic, then insert them; return those.
+def record_alerts(connection: Any, settings: Settings, alerts: list[Alert]) -> list[Alert]:
+    """Publish the alerts the store does not have yet to the alerts topic, then insert them (in the caller's
+    transaction); return those.
 
-    Publishing first means a crash between the two re-sends an alert on replay (same `alert_id`) rather than
-    losing it: the topic is at least once, the store exactly once.
+    Publishing first means a crash before the commit re-sends an alert on replay (same `alert_id`) rather
+    than losing it: the topic is at least once, the store exactly once.
     """
     if not alerts:
         return []
-    ids = [alert.alert_id for alert in alerts]
-    with engine.connect() as connection:
-        table = store.alerts
-        known = set(connection.execute(table.select().with_only_columns(table.c.alert_id).where(
-            table.c.alert_id.in_(ids))).scalars())  # fmt: skip
+    table = store.alerts
+    known = set()
+    ids = sorted({alert.alert_id for alert in alerts})
+    for chunk in _chunks(ids):
+        known |= set(
+            connection.execute(select(table.c.alert_id).where(table.c.alert_id.in_(chunk))).scalars()
+        )
     new = list({alert.alert_id: alert for alert in alerts if alert.alert_id not in known}.values())
     publish_alerts(settings, new)
-    store.insert_new(engine, store.alerts, [alert.row() for alert in new])
+    store.insert_new_rows(connection, table, [alert.row() for alert in new])
     return new
 
 
@@ -293,17 +395,3 @@ def publish_alerts(settings: Settings, alerts: list) -> None:
     for alert in alerts:
         producer.send(settings.topic_alerts, key=alert.subject.encode(), value=orjson.dumps(alert.row()))
     producer.flush()
-
-
-ALERTS_QUERY = "speed_alerts"
-
-
-def start_alert_query(spark: SparkSession, settings: Settings, once: bool = False) -> StreamingQuery:
-    """Reading alerts: stateless over the IoT readings (replays give the same deterministic ids)."""
-    writer = (
-        valid_events(spark, settings, "iot_sensors")
-        .writeStream.queryName(ALERTS_QUERY)
-        .foreachBatch(AlertSink(settings))
-        .option("checkpointLocation", str(settings.checkpoint_dir / ALERTS_QUERY))
-    )
-    return writer.trigger(**trigger(settings, once)).start()

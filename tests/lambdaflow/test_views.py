@@ -43,7 +43,7 @@ def with_faults(events: list[dict], seed: int) -> pd.DataFrame:
 def spark_rows(spark, frame: pd.DataFrame, view: str) -> pd.DataFrame:
     events = dedupe_exact(clean(spark.createDataFrame(frame)))
     size = GAP_S if view == "sessions" else WINDOW_S
-    result = VIEWS[view].build(events, size, exact=True).toPandas()
+    result = VIEWS[view].build(events, size).toPandas()
     for column in result.columns:
         if pd.api.types.is_datetime64_any_dtype(result[column]):
             result[column] = pd.to_datetime(result[column]).dt.tz_localize("UTC")

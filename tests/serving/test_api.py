@@ -206,7 +206,7 @@ def test_health_is_503_until_the_stream_reports_and_when_the_store_is_gone(fille
     response = client.get("/health")
     assert response.status_code == 503 and response.get_json()["stream"]["ok"] is False
     progress = {
-        "query": "speed_sensor_stats",
+        "query": "speed_iot_sensors",
         "batch_id": 7,
         "input_rows": 10,
         "invalid_rows": 1,

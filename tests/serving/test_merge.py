@@ -18,7 +18,7 @@ from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.views import VIEWS
 from serving.app import create_app
-from speed.streams import start_view_query
+from speed.streams import QUERY_PARTS, start_speed_query
 from tests import ground_truth
 from tests.batch.test_recompute import topic_events
 from tests.conftest import run_cli, settings_env
@@ -95,8 +95,8 @@ def test_batch_before_the_horizon_speed_after_then_batch_for_both(spark, setting
     archiver.awaitTermination()
     recompute_day(spark, settings, day)
     assert publish_batch_day(settings, day) == datetime.combine(next_day, time())
-    for view in VIEWS:  # after the publish, so the speed tables also hold day D rows the merge must skip
-        query = start_view_query(spark, settings, view, once=True)
+    for contract in QUERY_PARTS:  # after the publish, so the speed tables also hold day D rows to skip
+        query = start_speed_query(spark, settings, contract, once=True)
         query.awaitTermination()
         assert query.exception() is None
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from lambdaflow import store
-from speed.streams import ALERTS_QUERY, start_alert_query
+from speed.streams import checkpoint_of, start_speed_query
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all
 
@@ -57,8 +57,8 @@ def test_alert_rules_fire_once_each_through_the_stream(spark, settings, tmp_path
 
     for replay in (False, True):
         if replay:  # a full replay from the first offset: the same ids, so nothing new anywhere
-            shutil.rmtree(settings.checkpoint_dir / ALERTS_QUERY)
-        query = start_alert_query(spark, settings, once=True)
+            shutil.rmtree(checkpoint_of(settings, "iot_sensors", ("alerts",)))
+        query = start_speed_query(spark, settings, "iot_sensors", ("alerts",), once=True)
         query.awaitTermination()
         assert query.exception() is None
         assert stored() == expected

@@ -25,12 +25,12 @@ FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"
 
 
 def batches_done(settings) -> int:
-    """The last batch of speed_sensor_stats; read-only, so it never races the app's table creation."""
+    """The last batch of the IoT speed query; read-only, so it never races the app's table creation."""
     engine = store.connect(settings.resolved_store_url, create=False)
     table = store.stream_progress
     try:
         with engine.connect() as connection:
-            query = select(table.c.batch_id).where(table.c.query == "speed_sensor_stats")
+            query = select(table.c.batch_id).where(table.c.query == "speed_iot_sensors")
             row = connection.execute(query).first()
     except DBAPIError:  # the app has not created its tables yet
         row = None

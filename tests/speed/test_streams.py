@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from lambdaflow import store
-from lambdaflow.views import APPROX_DISTINCT_RSD, VIEWS, clean, dedupe_exact
-from speed.streams import ProgressRecorder, start_view_query
+from lambdaflow.views import HLL_RELATIVE_ERROR, VIEWS, clean, dedupe_exact
+from speed.streams import ProgressRecorder, query_name, start_speed_query
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all, produce_values
@@ -66,7 +66,8 @@ def store_frame(settings, view: str) -> pd.DataFrame:
     for column in frame.columns:
         if pd.api.types.is_datetime64_any_dtype(frame[column]):
             frame[column] = frame[column].dt.tz_localize("UTC")
-    return frame.drop(columns="updated_at").sort_values(list(VIEWS[view].keys)).reset_index(drop=True)
+    columns = list(store.VIEW_COLUMNS[view])  # not the partials, nor updated_at
+    return frame[columns].sort_values(list(VIEWS[view].keys)).reset_index(drop=True)
 
 
 def compare(actual: pd.DataFrame, expected: pd.DataFrame, view: str) -> None:
@@ -80,19 +81,22 @@ def compare(actual: pd.DataFrame, expected: pd.DataFrame, view: str) -> None:
     )
     for column in approximate:
         error = (actual[column] - expected[column]).abs()
-        bound = (expected[column] * 3 * APPROX_DISTINCT_RSD).clip(lower=1)
+        bound = (expected[column] * 3 * HLL_RELATIVE_ERROR).clip(lower=1)
         assert (error <= bound).all(), (column, error.max())
 
 
 @pytest.mark.parametrize(("view", "kind"), [("sensor_stats", "iot"), ("location_stats", "iot"),
-                                            ("activity_stats", "activity")])  # fmt: skip
+                                            ("activity_stats", "activity"),
+                                            ("sessions", "activity")])  # fmt: skip
 def test_stream_equals_static_view_and_ground_truth(spark, settings, progress_recorder, view, kind):
+    """Over several micro-batches (1,000 records each), so stored and new partial aggregates are merged."""
+    settings = settings.model_copy(update={"max_records_per_trigger": 1000})
     topic = settings.topic_iot if kind == "iot" else settings.topic_activity
     contract = "iot_sensors" if kind == "iot" else "user_activity"
     run_cli(
         ["produce", kind, "--count", "4000", "--rate", "0", "--seed", "11", *FAULTS], settings_env(settings)
     )
-    query = start_view_query(spark, settings, view, once=True)
+    query = start_speed_query(spark, settings, contract, (view,), once=True)
     query.awaitTermination()
     assert query.exception() is None
 
@@ -102,11 +106,14 @@ def test_stream_equals_static_view_and_ground_truth(spark, settings, progress_re
     compare(streamed, truth, view)
 
     static_events = dedupe_exact(clean(spark.createDataFrame(frame.drop(columns=["_partition", "_offset"]))))
-    static = VIEWS[view].build(static_events, settings.window_seconds, exact=True).toPandas()
-    static["window_start"] = pd.to_datetime(static["window_start"]).dt.tz_localize("UTC")
+    static = VIEWS[view].build(static_events, settings.window_seconds).toPandas()
+    for column in ("window_start", "session_start", "session_end"):
+        if column in static:
+            static[column] = pd.to_datetime(static[column]).dt.tz_localize("UTC")
     compare(streamed, static, view)
 
-    row = wait_for_progress(settings, f"speed_{view}")
+    row = wait_for_progress(settings, query_name(contract))
+    assert row["batch_id"] >= 3, "the events fit one micro-batch: no merge was tested"
     assert row["max_event_ts"] is not None and row["late_rows"] == 0
     records = consume_all(settings.kafka_bootstrap_servers, topic, 4000)
     assert row["invalid_rows"] == sum(not is_valid(contract, r.value, r.timestamp) for r in records) > 0
@@ -134,7 +141,7 @@ def test_events_behind_the_watermark_are_dropped_and_counted(spark, settings, pr
     ]
     for values in stages:
         produce_values(settings.kafka_bootstrap_servers, settings.topic_iot, values)
-        query = start_view_query(spark, settings, "sensor_stats", once=True)
+        query = start_speed_query(spark, settings, "iot_sensors", ("sensor_stats",), once=True)
         query.awaitTermination()
         assert query.exception() is None
 
@@ -143,7 +150,7 @@ def test_events_behind_the_watermark_are_dropped_and_counted(spark, settings, pr
     truth = ground_truth.sensor_stats(ground_truth.clean_events(on_time))
     compare(store_frame(settings, "sensor_stats"), truth, "sensor_stats")
     deadline = time.monotonic() + 10
-    while (row := wait_for_progress(settings, "speed_sensor_stats"))["late_rows"] < 20:
+    while (row := wait_for_progress(settings, "speed_iot_sensors"))["late_rows"] < 20:
         assert time.monotonic() < deadline, f"late rows counted: {row['late_rows']}, expected 20"
         time.sleep(0.2)
     assert row["late_rows"] == 20 and row["invalid_rows"] == 0
@@ -153,7 +160,7 @@ def test_a_restarted_query_adds_new_events_to_the_stored_aggregates(spark, setti
     env = settings_env(settings)
     for _ in range(2):  # two producer runs, the query restarted from its checkpoint in between
         run_cli(["produce", "iot", "--count", "1500", "--rate", "0", "--duplicates", "0.05"], env)
-        query = start_view_query(spark, settings, "sensor_stats", once=True)
+        query = start_speed_query(spark, settings, "iot_sensors", ("sensor_stats",), once=True)
         query.awaitTermination()
         assert query.exception() is None
     truth = ground_truth.sensor_stats(

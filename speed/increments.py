@@ -1,0 +1,103 @@
+"""Merging a micro-batch's partial rows into the stored ones (pure Python over plain rows).
+
+Each view's `Increment` (lambdaflow.views) says how: windowed views combine the partials of a key column by
+column and derive their averages and distinct counts; sessions merge as intervals, per `session_id` and
+`user_id`, when they come closer than the gap (the rule of Spark's session windows).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import datasketches
+
+from lambdaflow.views import HLL_LG_K, Increment
+
+Row = dict[str, Any]
+
+
+def aware(moment: datetime) -> datetime:
+    """Stored times are naive UTC; Spark's are aware."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _union(sketches: Iterable[bytes]) -> datasketches.hll_sketch:
+    union = datasketches.hll_union(HLL_LG_K)
+    for sketch in sketches:
+        union.update(datasketches.hll_sketch.deserialize(sketch))
+    return union.get_result()
+
+
+def combine(increment: Increment, old: Mapping[str, Any], new: Mapping[str, Any]) -> Row:
+    """Two partial rows of one key as one."""
+    row = dict(new)
+    for column in increment.sums:
+        row[column] = old[column] + new[column]
+    for column in increment.mins:
+        row[column] = min(old[column], new[column])
+    for column in increment.maxes:
+        row[column] = max(old[column], new[column])
+    for sketch, _ in increment.sketches:
+        row[sketch] = _union([old[sketch], new[sketch]]).serialize_compact()
+    return row
+
+
+def finish(increment: Increment, row: Row) -> Row:
+    """Derive the view's averages and distinct counts from a row's partials."""
+    for average, total in increment.averages:
+        row[average] = row[total] / row["events"]
+    for sketch, count in increment.sketches:
+        row[count] = round(datasketches.hll_sketch.deserialize(row[sketch]).get_estimate())
+    return row
+
+
+def merge_windows(
+    increment: Increment, keys: tuple[str, ...], stored: Iterable[Mapping[str, Any]], new: Iterable[Row]
+) -> list[Row]:
+    """The merged rows of every key in `new` (a key's partials at most once in `new`)."""
+    by_key = {_key(row, keys): row for row in stored}
+    merged = []
+    for row in new:
+        old = by_key.get(_key(row, keys))
+        merged.append(finish(increment, dict(row) if old is None else combine(increment, old, row)))
+    return merged
+
+
+def _key(row: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(aware(row[k]) if isinstance(row[k], datetime) else row[k] for k in keys)
+
+
+def merge_sessions(stored: Iterable[Mapping[str, Any]], new: Iterable[Row], gap_s: float) -> list[Row]:
+    """Every session of the `session_id`s in `new`: stored and new partial sessions merged per
+    (session_id, user_id)."""
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    new = list(new)
+    touched = {row["session_id"] for row in new}
+    for row in [*stored, *new]:
+        pair = (row["session_id"], row["user_id"])
+        if row["session_id"] in touched:
+            start, end = aware(row["session_start"]), aware(row["session_end"])
+            groups[pair].append({**row, "session_start": start, "session_end": end})
+    merged = []
+    for parts in groups.values():
+        parts.sort(key=lambda part: part["session_start"])
+        current = parts[0]
+        for part in parts[1:]:
+            if (part["session_start"] - current["session_end"]).total_seconds() < gap_s:
+                current = {
+                    **current,
+                    "session_end": max(current["session_end"], part["session_end"]),
+                    "events": current["events"] + part["events"],
+                    "purchases": current["purchases"] + part["purchases"],
+                    "revenue": current["revenue"] + part["revenue"],
+                }
+            else:
+                merged.append(current)
+                current = part
+        merged.append(current)
+    for session in merged:
+        session["duration_s"] = (session["session_end"] - session["session_start"]).total_seconds()
+    return merged

@@ -1,0 +1,79 @@
+"""Merging partial aggregates (pure logic): windows combine column by column, sessions as intervals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import datasketches
+
+from lambdaflow.views import HLL_LG_K, VIEWS
+from speed.increments import merge_sessions, merge_windows
+
+T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+GAP_S = 1800
+
+
+def part(session_id: str, start_min: float, end_min: float, events: int, user: str = "u1") -> dict:
+    return {"session_id": session_id, "user_id": user, "session_start": T0 + timedelta(minutes=start_min),
+            "session_end": T0 + timedelta(minutes=end_min), "events": events, "purchases": events // 2,
+            "revenue": 10.0 * events}  # fmt: skip
+
+
+def spans(sessions: list[dict]) -> list[tuple]:
+    return sorted((s["session_id"], s["user_id"], s["session_start"], s["session_end"], s["events"],
+                   s["purchases"], s["revenue"], s["duration_s"]) for s in sessions)  # fmt: skip
+
+
+def test_a_partial_session_bridging_two_stored_ones_merges_all_three():
+    stored = [
+        part("a", 0, 10, 3),
+        {
+            **part("a", 60, 70, 2),
+            "session_start": T0.replace(tzinfo=None) + timedelta(minutes=60),
+            "session_end": T0.replace(tzinfo=None) + timedelta(minutes=70),
+        },
+    ]  # stored times are naive UTC
+    merged = merge_sessions(stored, [part("a", 35, 36, 1)], GAP_S)
+    assert spans(merged) == [("a", "u1", T0, T0 + timedelta(minutes=70), 6, 2, 60.0, 4200.0)]
+
+
+def test_sessions_stay_apart_at_exactly_the_gap_and_other_ids_and_users_are_kept():
+    stored = [part("a", 0, 10, 3), part("a", 0, 5, 1, user="u2"), part("b", 0, 1, 1)]
+    merged = merge_sessions(stored, [part("a", 40, 41, 1), part("a", -40, -30, 2)], GAP_S)
+    assert spans(merged) == [
+        ("a", "u1", T0 - timedelta(minutes=40), T0 - timedelta(minutes=30), 2, 1, 20.0, 600.0),
+        ("a", "u1", T0, T0 + timedelta(minutes=10), 3, 1, 30.0, 600.0),  # 30 min apart on both sides
+        ("a", "u1", T0 + timedelta(minutes=40), T0 + timedelta(minutes=41), 1, 0, 10.0, 60.0),
+        ("a", "u2", T0, T0 + timedelta(minutes=5), 1, 0, 10.0, 300.0),  # same id, other user: untouched
+    ]  # "b" is not in the new partials: not returned, so not rewritten
+
+
+def sketch(values: list[str]) -> bytes:
+    hll = datasketches.hll_sketch(HLL_LG_K)
+    for value in values:
+        hll.update(value)
+    return hll.serialize_compact()
+
+
+def test_window_partials_combine_sums_extremes_averages_and_distinct_counts():
+    increment, keys = VIEWS["location_stats"].increment, VIEWS["location_stats"].keys
+    stored = [{"window_start": T0.replace(tzinfo=None), "location": "lab", "events": 2,
+               "temperature_sum": 40.0, "temperature_max": 21.0,
+               "sensors_sketch": sketch(["s1", "s2"])}]  # fmt: skip
+    new = [
+        {"window_start": T0, "location": "lab", "events": 3, "temperature_sum": 90.0,
+         "temperature_max": 35.0, "sensors_sketch": sketch(["s2", "s3"])},
+        {"window_start": T0, "location": "hall", "events": 1, "temperature_sum": 18.0,
+         "temperature_max": 18.0, "sensors_sketch": sketch(["s9"])},
+    ]  # fmt: skip
+    merged = {row["location"]: row for row in merge_windows(increment, keys, stored, new)}
+    lab = merged["lab"]
+    assert (lab["events"], lab["temperature_sum"], lab["temperature_max"], lab["sensors"]) == (
+        5,
+        130.0,
+        35.0,
+        3,
+    )
+    assert lab["temperature_avg"] == 26.0
+    hall = merged["hall"]
+    assert (hall["events"], hall["temperature_avg"], hall["sensors"]) == (1, 18.0, 1)
