@@ -138,40 +138,52 @@ class SpeedSink:
         views = [part for part in self.parts if part in VIEWS]
         thresholds = Thresholds.from_settings(self.settings)
         engine = _engine(self.settings.resolved_store_url)
+        with engine.connect() as connection:
+            baselines = _baselines(connection) if ALERTS in self.parts else {}
         batch.persist()
         try:
             partials = {view: self._partial_rows(batch, view) for view in views}
-            readings = reading_alert_candidates(engine, batch, thresholds) if ALERTS in self.parts else []
+            readings = reading_alert_candidates(batch, thresholds, baselines) if ALERTS in self.parts else []
         finally:
             batch.unpersist()
+        spark_s = time.monotonic() - started
         checkpoint_id = self.checkpoint_id()
         commits = store.speed_commits
-        with engine.begin() as connection:
+        # Read and merge first, write in one short transaction: only this query writes its views and commit
+        # row, and SQLite has one writer for the whole store.
+        with engine.connect() as connection:
             commit = connection.execute(select(commits).where(commits.c.query == self.name)).first()
             if commit is not None and commit.checkpoint_id == checkpoint_id and batch_id <= commit.batch_id:
                 log.info("%s batch %d: merged before, skipped (a replay)", self.name, batch_id)
                 return
-            if commit is None or commit.checkpoint_id != checkpoint_id:
-                # a new checkpoint reads the topic from its start: its views are rebuilt, not added to
-                for view in views:
-                    connection.execute(store.SPEED_TABLES[view].delete())
-            now = datetime.now(UTC)
+            # a new checkpoint reads the topic from its start: its views are rebuilt, not added to
+            rebuild = commit is None or commit.checkpoint_id != checkpoint_id
             merged = {
-                view: merge_view(connection, self.settings, view, rows, now)
+                view: merge_view(connection, self.settings, view, rows, rebuild)
                 for view, rows in partials.items()
                 if rows
             }
-            baselines = _baselines(engine) if readings else {}
             alerts = [alert for event in readings for alert in reading_alerts(event, thresholds, baselines)]
             for session in merged.get("sessions", []):
                 alerts += session_alerts(session, thresholds)
-            new = record_alerts(connection, self.settings, alerts)
+            new = new_alerts(connection, alerts)
+        now = datetime.now(UTC)
+        alert_rows = [alert.row(now) for alert in new]
+        # Published before the commit: a crash in between re-sends these on replay (same ids) rather than
+        # losing them. The topic is at least once, the store exactly once.
+        publish_alerts(self.settings, alert_rows)
+        with engine.begin() as connection:
+            for view in views if rebuild else ():
+                connection.execute(store.SPEED_TABLES[view].delete())
+            for view, rows in merged.items():
+                write_view(connection, view, rows, now)
+            store.insert_new_rows(connection, store.alerts, alert_rows)
             commit_row = {"query": self.name, "checkpoint_id": checkpoint_id, "batch_id": batch_id,
                           "committed_at": now}  # fmt: skip
             store.upsert_rows(connection, commits, [commit_row])
-        log.info("%s batch %d: %s; %d new alerts in %.2f s", self.name, batch_id,
+        log.info("%s batch %d: %s; %d new alerts in %.2f s (Spark %.2f s)", self.name, batch_id,
                  ", ".join(f"{len(rows)} {view} rows" for view, rows in merged.items()) or "no rows",
-                 len(new), time.monotonic() - started)  # fmt: skip
+                 len(new), time.monotonic() - started, spark_s)  # fmt: skip
 
     def _partial_rows(self, batch: DataFrame, view: str) -> list[dict[str, Any]]:
         size = self.settings.session_gap_seconds if view == "sessions" else self.settings.window_seconds
@@ -198,28 +210,35 @@ _IN_CHUNK = 500  # keys per IN list
 
 
 def merge_view(
-    connection: Any, settings: Settings, view: str, rows: list[dict[str, Any]], now: datetime
+    connection: Any, settings: Settings, view: str, rows: list[dict[str, Any]], rebuild: bool = False
 ) -> list[dict[str, Any]]:
-    """Merge one view's partial rows into its speed table (in the caller's transaction); return the merged
-    rows."""
+    """One view's partial rows merged with the stored ones of the same keys (none when `rebuild`); for
+    sessions, every session of the session ids in `rows`."""
     table, definition = store.SPEED_TABLES[view], VIEWS[view]
-    if definition.increment.sessions:  # a session's start can move: replace all sessions of the ids
+    stored: list[Any] = []
+    if definition.increment.sessions:
         ids = sorted({row["session_id"] for row in rows})
-        stored = []
-        for chunk in _chunks(ids):
+        for chunk in _chunks([] if rebuild else ids):
             stored += connection.execute(select(table).where(table.c.session_id.in_(chunk))).mappings().all()
-            connection.execute(table.delete().where(table.c.session_id.in_(chunk)))
-        merged = merge_sessions(stored, rows, settings.session_gap_seconds)
-        store.insert_rows(connection, table, [{**row, "updated_at": now} for row in merged])
-        return merged
+        return merge_sessions(stored, rows, settings.session_gap_seconds)
     keys = [table.c[name] for name in definition.keys]
     wanted = sorted({tuple(_naive(row[name]) for name in definition.keys) for row in rows})
-    stored = []
-    for chunk in _chunks(wanted):
+    for chunk in _chunks([] if rebuild else wanted):
         stored += connection.execute(select(table).where(tuple_(*keys).in_(chunk))).mappings().all()
-    merged = merge_windows(definition.increment, definition.keys, stored, rows)
-    store.upsert_rows(connection, table, [{**row, "updated_at": now} for row in merged])
-    return merged
+    return merge_windows(definition.increment, definition.keys, stored, rows)
+
+
+def write_view(connection: Any, view: str, merged: list[dict[str, Any]], now: datetime) -> None:
+    """Write a view's merged rows (in the caller's transaction). A session's start can move as it merges,
+    so all sessions of the merged ids are replaced; windowed rows are upserted by key."""
+    table = store.SPEED_TABLES[view]
+    rows = [{**row, "updated_at": now} for row in merged]
+    if VIEWS[view].increment.sessions:
+        for chunk in _chunks(sorted({row["session_id"] for row in rows})):
+            connection.execute(table.delete().where(table.c.session_id.in_(chunk)))
+        store.insert_rows(connection, table, rows)
+    else:
+        store.upsert_rows(connection, table, rows)
 
 
 def _naive(value: Any) -> Any:
@@ -318,12 +337,11 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def _baselines(engine: Any) -> Baselines:
-    with engine.connect() as connection:
-        return {
-            (row.sensor_id, row.hour_of_day): (row.temperature_mean, row.temperature_std)
-            for row in connection.execute(store.baselines.select())
-        }
+def _baselines(connection: Any) -> Baselines:
+    return {
+        (row.sensor_id, row.hour_of_day): (row.temperature_mean, row.temperature_std)
+        for row in connection.execute(store.baselines.select())
+    }
 
 
 READING_COLUMNS = (
@@ -338,9 +356,10 @@ READING_COLUMNS = (
 )
 
 
-def reading_alert_candidates(engine: Any, batch: DataFrame, thresholds: Thresholds) -> list[dict[str, Any]]:
+def reading_alert_candidates(
+    batch: DataFrame, thresholds: Thresholds, baselines: Baselines
+) -> list[dict[str, Any]]:
     """The readings of a micro-batch that may break a rule (filtered in Spark; the rules decide)."""
-    baselines = _baselines(engine)
     breaking = (F.col("temperature") > thresholds.temperature_c) | (F.col("battery") < thresholds.battery_pct)
     rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
     if rows:  # anomalies: join the (small) baselines and keep readings beyond |z|
@@ -355,33 +374,21 @@ def reading_alert_candidates(engine: Any, batch: DataFrame, thresholds: Threshol
     return [row.asDict() for row in batch.where(breaking).select(*READING_COLUMNS).collect()]
 
 
-def record_alerts(connection: Any, settings: Settings, alerts: list[Alert]) -> list[Alert]:
-    """Publish the alerts the store does not have yet to the alerts topic, then insert them (in the caller's
-    transaction); return those.
-
-    Publishing first means a crash before the commit re-sends an alert on replay (same `alert_id`) rather
-    than losing it: the topic is at least once, the store exactly once.
-    """
-    if not alerts:
-        return []
-    table = store.alerts
-    known = set()
-    ids = sorted({alert.alert_id for alert in alerts})
-    for chunk in _chunks(ids):
+def new_alerts(connection: Any, alerts: list[Alert]) -> list[Alert]:
+    """The alerts the store does not have yet, each once."""
+    table, known = store.alerts, set()
+    for chunk in _chunks(sorted({alert.alert_id for alert in alerts})):
         known |= set(
             connection.execute(select(table.c.alert_id).where(table.c.alert_id.in_(chunk))).scalars()
         )
-    new = list({alert.alert_id: alert for alert in alerts if alert.alert_id not in known}.values())
-    publish_alerts(settings, new)
-    store.insert_new_rows(connection, table, [alert.row() for alert in new])
-    return new
+    return list({alert.alert_id: alert for alert in alerts if alert.alert_id not in known}.values())
 
 
 _ALERT_PRODUCERS: dict[str, Any] = {}
 
 
-def publish_alerts(settings: Settings, alerts: list) -> None:
-    """Send alerts to the alerts topic, keyed by subject (sensor or session), as JSON."""
+def publish_alerts(settings: Settings, alerts: list[dict[str, Any]]) -> None:
+    """Send alert rows to the alerts topic, keyed by subject (sensor or session), as JSON."""
     if not alerts:
         return
     import orjson
@@ -390,8 +397,8 @@ def publish_alerts(settings: Settings, alerts: list) -> None:
     key = settings.kafka_bootstrap_servers
     if key not in _ALERT_PRODUCERS:
         _ALERT_PRODUCERS[key] = KafkaProducer(**settings.kafka_client_config(), acks="all", linger_ms=5,
-                                              enable_idempotence=False)  # fmt: skip
+                                              batch_size=256 * 1024, enable_idempotence=False)  # fmt: skip
     producer = _ALERT_PRODUCERS[key]
     for alert in alerts:
-        producer.send(settings.topic_alerts, key=alert.subject.encode(), value=orjson.dumps(alert.row()))
+        producer.send(settings.topic_alerts, key=alert["subject"].encode(), value=orjson.dumps(alert))
     producer.flush()
