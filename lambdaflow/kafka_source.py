@@ -4,7 +4,9 @@ No Spark-Kafka connector jar can be installed here, so this reads with kafka-pyt
 connector's conventions: `format("lambdaflow_kafka")`, options `subscribe`, `startingOffsets`
 (`earliest`/`latest`), `maxOffsetsPerTrigger`, and `kafka.*` client settings (`kafka.bootstrap.servers`,
 `kafka.security.protocol`, `kafka.sasl.mechanism`, …), and the same columns: topic, partition, offset,
-timestamp, key, value.
+timestamp, key, value. With the option `contract` (and `topicContracts`, a JSON map of topic to contract, and
+`maxFutureSeconds`), it validates the records as it reads them and gives that contract's event columns, the
+Kafka coordinates and an `_invalid` flag instead (see `lambdaflow.records.ParseValid`).
 
 Offsets are `{"<topic>:<partition>": next_offset}`; each micro-batch has one input partition per Kafka
 partition with new data, so a replayed batch reads exactly the same records. End offsets come from a Fetch
@@ -14,20 +16,27 @@ answers the base offset of the last record batch + 1.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
 from kafka import KafkaConsumer, TopicPartition
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming.datasource import (
     ReadAllAvailable,
     ReadLimit,
     ReadMaxRows,
     SupportsTriggerAvailableNow,
 )
+from pyspark.sql.types import StructType
+
+from lambdaflow.contracts import MODELS
+from lambdaflow.records import ParseValid, flagged_schema
 
 FORMAT = "lambdaflow_kafka"
 SCHEMA = "topic string, partition int, offset long, timestamp timestamp, key binary, value binary"
@@ -215,9 +224,21 @@ def _batch(part: KafkaRange, columns: dict[str, list]) -> pa.RecordBatch:
     return batch
 
 
+def record_parser(options: Mapping[str, str]) -> ParseValid | None:
+    """The validation the `contract` option asks for, if any."""
+    contract = options.get("contract")
+    if not contract:
+        return None
+    if contract not in MODELS:
+        raise ValueError(f"option 'contract' must be one of {sorted(MODELS)}, not {contract!r}")
+    contracts = json.loads(options.get("topicContracts") or "{}")
+    return ParseValid(contracts, contract, timedelta(seconds=float(options.get("maxFutureSeconds", "3600"))))
+
+
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def __init__(self, options: Mapping[str, str]) -> None:
         self.config = client_config(options)
+        self.parse = record_parser(options)
         self.topics = [topic.strip() for topic in options.get("subscribe", "").split(",") if topic.strip()]
         if not self.topics:
             raise ValueError("option 'subscribe' (comma-separated topics) is required")
@@ -283,8 +304,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if isinstance(partition, KafkaRanges):
-            return (batch for part in partition.ranges for batch in read_range(self.config, part))
-        return read_range(self.config, partition)  # type: ignore[arg-type]
+            batches = (batch for part in partition.ranges for batch in read_range(self.config, part))
+        else:
+            batches = read_range(self.config, partition)  # type: ignore[arg-type]
+        return self.parse(batches) if self.parse else batches
 
     def commit(self, end: dict[str, int]) -> None:
         """Offsets live in Spark's checkpoint; nothing is committed to Kafka."""
@@ -313,8 +336,11 @@ class KafkaDataSource(DataSource):
     def name(cls) -> str:
         return FORMAT
 
-    def schema(self) -> str:
-        return SCHEMA
+    def schema(self) -> str | StructType:
+        parse = record_parser(self.options)
+        if parse is None:
+            return SCHEMA
+        return from_arrow_schema(flagged_schema(parse.contract), prefer_timestamp_ntz=False)
 
     def streamReader(self, schema: Any) -> KafkaStreamReader:
         return KafkaStreamReader(self.options)

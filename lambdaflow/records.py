@@ -5,13 +5,17 @@ The archiver and the speed layer both start here, so both apply the one contract
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 
 from lambdaflow.contracts import contract_for, validate_record
+from lambdaflow.lake import RAW_SCHEMAS
+
+INVALID = "_invalid"  # the flag of a record that broke its contract, in `ParseValid`'s output
 
 
 @dataclass
@@ -50,3 +54,32 @@ def split_records(
             row.update(coordinates)
             split.valid.append(row)
     return split
+
+
+def flagged_schema(contract: str) -> pa.Schema:
+    """A contract's event columns with the Kafka coordinates, and the `_invalid` flag."""
+    return RAW_SCHEMAS[contract].append(pa.field(INVALID, pa.bool_()))
+
+
+@dataclass(frozen=True)
+class ParseValid:
+    """Kafka records in (Arrow batches), the valid events (contract columns + coordinates) out, plus one
+    all-null row flagged `_invalid` per record that breaks its contract, so a query can count them."""
+
+    contracts: dict[str, str]
+    contract: str
+    max_future: timedelta
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        schema = flagged_schema(self.contract)
+        for batch in batches:
+            split = split_records(
+                pa.Table.from_batches([batch]), self.contracts, self.max_future, datetime.now(UTC)
+            )
+            if split.valid:
+                rows = [{**row, INVALID: False} for row in split.valid]
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            if split.invalid:
+                count = len(split.invalid)
+                nulls = [pa.nulls(count, field.type) for field in list(schema)[:-1]]
+                yield pa.RecordBatch.from_arrays([*nulls, pa.array([True] * count)], schema=schema)

@@ -15,22 +15,19 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from sqlalchemy import select, tuple_
 
 from lambdaflow import store
 from lambdaflow.contracts import MODELS
 from lambdaflow.kafka_source import FORMAT
-from lambdaflow.lake import RAW_SCHEMAS
-from lambdaflow.records import split_records
+from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import trigger
 from lambdaflow.views import VIEWS, clean, dedupe_within_watermark
@@ -40,36 +37,7 @@ from speed.increments import merge_sessions, merge_windows
 log = logging.getLogger(__name__)
 
 
-INVALID = "_invalid"
 INVALID_METRIC = "records"  # observed metric: the records of a micro-batch that broke their contract
-
-
-def _flagged_schema(contract: str) -> pa.Schema:
-    return RAW_SCHEMAS[contract].append(pa.field(INVALID, pa.bool_()))
-
-
-@dataclass(frozen=True)
-class ParseValid:
-    """mapInArrow function: Kafka records in, the valid events (contract columns + coordinates) out, plus one
-    all-null row flagged `_invalid` per record that breaks its contract, so the query can count them."""
-
-    contracts: dict[str, str]
-    contract: str
-    max_future: timedelta
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        schema = _flagged_schema(self.contract)
-        for batch in batches:
-            split = split_records(
-                pa.Table.from_batches([batch]), self.contracts, self.max_future, datetime.now(UTC)
-            )
-            if split.valid:
-                rows = [{**row, INVALID: False} for row in split.valid]
-                yield pa.RecordBatch.from_pylist(rows, schema=schema)
-            if split.invalid:
-                count = len(split.invalid)
-                nulls = [pa.nulls(count, field.type) for field in list(schema)[:-1]]
-                yield pa.RecordBatch.from_arrays([*nulls, pa.array([True] * count)], schema=schema)
 
 
 def valid_events(spark: SparkSession, settings: Settings, contract: str) -> DataFrame:
@@ -77,17 +45,17 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     observed metric, which the progress recorder adds to `stream_progress.invalid_rows`) and left to the
     archiver, which routes them to the dead-letter topic and the quarantine."""
     assert contract in MODELS
-    source = (
+    parsed = (  # the source validates as it reads: the raw records never cross into the JVM and back
         spark.readStream.format(FORMAT)
         .options(**settings.kafka_source_options())
         .option("subscribe", settings.topic_for(contract))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(settings.max_records_per_trigger))
+        .option("contract", contract)
+        .option("topicContracts", json.dumps(settings.topic_contracts))
+        .option("maxFutureSeconds", str(settings.max_future_seconds))
         .load()
     )
-    parse = ParseValid(settings.topic_contracts, contract, timedelta(seconds=settings.max_future_seconds))
-    schema = from_arrow_schema(_flagged_schema(contract), prefer_timestamp_ntz=False)
-    parsed = source.mapInArrow(parse, schema)
     invalid = F.sum(F.col(INVALID).cast("long")).alias("invalid_rows")
     return parsed.observe(INVALID_METRIC, invalid).where(~F.col(INVALID)).drop(INVALID)
 
