@@ -34,7 +34,7 @@ api = ApiBlueprint(
     url_prefix="/api/v1",
     description="Views merged from the batch layer (exact, before `batch_as_of`) and the speed layer "
     "(fresh, from `batch_as_of` on). Each point says its `source`; speed points list the values that are "
-    "approximate (distinct counts by HyperLogLog++, 1 % relative error).",
+    "approximate (distinct counts by HyperLogLog sketches, ~0.8 % relative standard error).",
 )
 
 
