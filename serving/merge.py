@@ -19,7 +19,8 @@ from sqlalchemy import Engine, Select, String, and_, func, literal, or_, select,
 from lambdaflow import store
 from lambdaflow.views import VIEWS
 
-# Columns the speed layer estimates with HyperLogLog sketches (exact in batch); the API marks them on speed points.
+# Columns the speed layer estimates with HyperLogLog sketches (exact in batch); the API marks them on speed
+# points.
 APPROXIMATE_IN_SPEED: dict[str, tuple[str, ...]] = {
     "sensor_stats": (),
     "location_stats": ("sensors",),

@@ -12,6 +12,7 @@ from lambdaflow.kafka_source import (
     KafkaStreamReader,
     client_config,
     limit_rows,
+    record_parser,
 )
 from tests.kafka_helpers import produce_values
 
@@ -57,6 +58,19 @@ def test_client_options_follow_the_spark_kafka_convention():
         client_config({})
     with pytest.raises(ValueError, match=re.escape("unsupported Kafka client option 'kafka.linger.ms'")):
         client_config({"kafka.bootstrap.servers": "h:1", "kafka.linger.ms": "5"})
+
+
+def test_the_contract_option_validates_as_it_reads_and_names_a_bad_contract():
+    assert record_parser({}) is None  # raw records
+    parse = record_parser({"contract": "iot_sensors", "topicContracts": '{"t": "iot_sensors"}',
+                           "maxFutureSeconds": "60"})  # fmt: skip
+    assert (parse.contract, parse.contracts, parse.max_future.total_seconds()) == (
+        "iot_sensors",
+        {"t": "iot_sensors"},
+        60,
+    )
+    with pytest.raises(ValueError, match=re.escape("option 'contract' must be one of")):
+        record_parser({"contract": "iot"})
 
 
 def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_path):
