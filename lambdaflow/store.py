@@ -164,7 +164,7 @@ stream_progress = Table(
 speed_commits = Table(
     "speed_commits",
     metadata,
-    Column("query", String(64), primary_key=True),
+    Column("query", String(128), primary_key=True),  # the checkpoint's directory name
     Column("checkpoint_id", String(64), nullable=False),  # the Spark query id kept in the checkpoint
     Column("batch_id", BigInteger, nullable=False),
     Column("committed_at", _TIME, nullable=False),

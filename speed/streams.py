@@ -120,12 +120,13 @@ class SpeedSink:
         # Read and merge first, write in one short transaction: only this query writes its views and commit
         # row, and SQLite has one writer for the whole store.
         with engine.connect() as connection:
-            commit = connection.execute(select(commits).where(commits.c.query == self.name)).first()
+            key = commits.c.query == self.checkpoint.name
+            commit = connection.execute(select(commits).where(key)).first()
             if commit is not None and commit.checkpoint_id == checkpoint_id and batch_id <= commit.batch_id:
                 log.info("%s batch %d: merged before, skipped (a replay)", self.name, batch_id)
                 return
-            # a new checkpoint reads the topic from its start: its views are rebuilt, not added to
-            rebuild = commit is None or commit.checkpoint_id != checkpoint_id
+            # a new checkpoint's first batch starts at the topic's start: its views are rebuilt, not added to
+            rebuild = batch_id == 0
             merged = {
                 view: merge_view(connection, self.settings, view, rows, rebuild)
                 for view, rows in partials.items()
@@ -146,7 +147,7 @@ class SpeedSink:
             for view, rows in merged.items():
                 write_view(connection, view, rows, now)
             store.insert_new_rows(connection, store.alerts, alert_rows)
-            commit_row = {"query": self.name, "checkpoint_id": checkpoint_id, "batch_id": batch_id,
+            commit_row = {"query": self.checkpoint.name, "checkpoint_id": checkpoint_id, "batch_id": batch_id,
                           "committed_at": now}  # fmt: skip
             store.upsert_rows(connection, commits, [commit_row])
         log.info("%s batch %d: %s; %d new alerts in %.2f s (Spark %.2f s)", self.name, batch_id,

@@ -4,6 +4,7 @@ the pandas ground truth (approximate distinct counts within 3 standard deviation
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from lambdaflow import store
 from lambdaflow.views import HLL_RELATIVE_ERROR, VIEWS, clean, dedupe_exact
-from speed.streams import ProgressRecorder, query_name, start_speed_query
+from speed.streams import ProgressRecorder, checkpoint_of, query_name, start_speed_query
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all, produce_values
@@ -165,5 +166,21 @@ def test_a_restarted_query_adds_new_events_to_the_stored_aggregates(spark, setti
         assert query.exception() is None
     truth = ground_truth.sensor_stats(
         ground_truth.clean_events(topic_frame(settings, settings.topic_iot, "iot_sensors", 3000))
+    )
+    compare(store_frame(settings, "sensor_stats"), truth, "sensor_stats")
+
+
+def test_a_new_checkpoint_rebuilds_the_views_instead_of_adding_to_them(spark, settings):
+    """Deleting a checkpoint replays the topic from its start; the stored views must not count it twice."""
+    run_cli(
+        ["produce", "iot", "--count", "1500", "--rate", "0", "--duplicates", "0.05"], settings_env(settings)
+    )
+    for _ in range(2):
+        query = start_speed_query(spark, settings, "iot_sensors", ("sensor_stats",), once=True)
+        query.awaitTermination()
+        assert query.exception() is None
+        shutil.rmtree(checkpoint_of(settings, "iot_sensors", ("sensor_stats",)))
+    truth = ground_truth.sensor_stats(
+        ground_truth.clean_events(topic_frame(settings, settings.topic_iot, "iot_sensors", 1500))
     )
     compare(store_frame(settings, "sensor_stats"), truth, "sensor_stats")
