@@ -40,20 +40,21 @@ def _utc_timestamp(value: object) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _json_number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a JSON number")
-    return float(value)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _canonical_uuid(value: str) -> str:
+    if _CANONICAL_UUID.fullmatch(value):  # what producers send: skip the parse (a third of the validation)
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:
         raise ValueError("not a UUID") from None
 
 
-Number = Annotated[float, BeforeValidator(_json_number)]  # "21.5" (a string) or true breaks the contract
+# A JSON number: the models are strict, so pydantic's own float check (no Python call per field, which cost
+# ~1.5 us a record) refuses "21.5" (a string) and true; `_reason` words its error as the contract does.
+Number = float
 EventId = Annotated[str, AfterValidator(_canonical_uuid)]
 Timestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -128,6 +129,8 @@ def _reason(exc: ValidationError) -> str:
     field = ".".join(str(part) for part in error["loc"])
     if error["type"] == "missing":
         return f"{field}: missing"
+    if error["type"] == "float_type":
+        return f"{field}: must be a JSON number"
     message = error["msg"].removeprefix("Value error, ")
     if field and message.startswith(f"{field}:"):
         return message
