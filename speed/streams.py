@@ -340,7 +340,7 @@ def reading_alert_candidates(
         )
         z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
         breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
-    return [row.asDict() for row in batch.where(breaking).select(*READING_COLUMNS).collect()]
+    return batch.where(breaking).select(*READING_COLUMNS).toArrow().to_pylist()
 
 
 def new_alerts(connection: Any, alerts: list[Alert]) -> list[Alert]:
