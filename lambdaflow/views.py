@@ -1,7 +1,8 @@
 """The one definition of every view: functions from a DataFrame of valid events to a DataFrame of aggregates.
 
-The speed layer applies them to an unbounded DataFrame (after a watermark), the batch layer to one day of the
-lake; the code is the same, so the two layers cannot drift. Windows are tumbling, `window_seconds` long and
+The batch layer applies them to one day of the lake; the speed layer applies their partial aggregations (of
+which each view is the finished form) to every micro-batch and merges the partials, so the two layers share
+the code that aggregates. Windows are tumbling, `window_seconds` long and
 aligned to UTC midnight (Spark aligns windows to the epoch, and the window length divides a day), so no
 window spans two days. Distinct counts are exact in batch and approximate (HyperLogLog sketches) in the
 speed layer, which keeps every view incrementally (see `Increment`).
@@ -69,48 +70,94 @@ def _window_start(window_seconds: int) -> Column:
     return F.window("ts", f"{window_seconds} seconds").start
 
 
-def sensor_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+# The speed layer keeps each view incrementally: every micro-batch's events are aggregated into partial rows
+# (the view's keys, mergeable columns), which are combined with the stored partial rows of the same keys.
+# Each view below is its partial aggregation finished (averages from sums); only the distinct counts differ:
+# exact in batch, HyperLogLog sketches (Apache DataSketches, 2^HLL_LG_K buckets: ~0.8 % relative standard
+# error) in the speed layer, where they merge without loss.
+HLL_LG_K = 14
+HLL_RELATIVE_ERROR = 1.04 / 2 ** (HLL_LG_K / 2)  # one standard error of a sketch's estimate
+
+
+def _sketch(column: str) -> Column:
+    return F.hll_sketch_agg(column, HLL_LG_K)
+
+
+def _average(name: str) -> Column:
+    return (F.col(f"{name}_sum") / F.col("events")).alias(f"{name}_avg")
+
+
+def sensor_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
     return events.groupBy(_window_start(window_seconds).alias("window_start"), "sensor_id", "location").agg(
         F.count(F.lit(1)).alias("events"),
-        F.avg("temperature").alias("temperature_avg"),
+        F.sum("temperature").alias("temperature_sum"),
         F.min("temperature").alias("temperature_min"),
         F.max("temperature").alias("temperature_max"),
-        F.avg("humidity").alias("humidity_avg"),
-        F.avg("pressure").alias("pressure_avg"),
+        F.sum("humidity").alias("humidity_sum"),
+        F.sum("pressure").alias("pressure_sum"),
         F.min("battery").alias("battery_min"),
     )
 
 
-def location_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+def sensor_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+    return sensor_stats_partial(events, window_seconds).select(
+        "window_start", "sensor_id", "location", "events", _average("temperature"), "temperature_min",
+        "temperature_max", _average("humidity"), _average("pressure"), "battery_min",
+    )  # fmt: skip
+
+
+def _location_stats(events: DataFrame, window_seconds: int, sensors: Column) -> DataFrame:
     return events.groupBy(_window_start(window_seconds).alias("window_start"), "location").agg(
         F.count(F.lit(1)).alias("events"),
-        F.countDistinct("sensor_id").alias("sensors"),
-        F.avg("temperature").alias("temperature_avg"),
+        sensors,
+        F.sum("temperature").alias("temperature_sum"),
         F.max("temperature").alias("temperature_max"),
     )
 
 
-def activity_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+def location_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
+    return _location_stats(events, window_seconds, _sketch("sensor_id").alias("sensors_sketch"))
+
+
+def location_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+    exact = _location_stats(events, window_seconds, F.countDistinct("sensor_id").alias("sensors"))
+    return exact.select(
+        "window_start", "location", "events", "sensors", _average("temperature"), "temperature_max"
+    )
+
+
+def _activity_stats(events: DataFrame, window_seconds: int, users: Column) -> DataFrame:
     return events.groupBy(_window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
         F.count(F.lit(1)).alias("events"),
-        F.countDistinct("user_id").alias("users"),
+        users,
         F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
     )
 
 
+def activity_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
+    return _activity_stats(events, window_seconds, _sketch("user_id").alias("users_sketch"))
+
+
+def activity_stats(events: DataFrame, window_seconds: int) -> DataFrame:
+    return _activity_stats(events, window_seconds, F.countDistinct("user_id").alias("users"))
+
+
+def _session_aggregates() -> list[Column]:
+    return [
+        F.min("ts").alias("session_start"),
+        F.max("ts").alias("session_end"),
+        F.count(F.lit(1)).alias("events"),
+        F.sum(F.when(F.col("event_type") == "purchase", 1).otherwise(0)).alias("purchases"),
+        F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
+    ]
+
+
 def sessions(events: DataFrame, gap_seconds: int) -> DataFrame:
     """One row per session: its events within a session window that closes after `gap_seconds` of silence."""
+    session = F.session_window("ts", f"{gap_seconds} seconds").alias("session")
     return (
-        events.groupBy(
-            F.session_window("ts", f"{gap_seconds} seconds").alias("session"), "session_id", "user_id"
-        )
-        .agg(
-            F.min("ts").alias("session_start"),
-            F.max("ts").alias("session_end"),
-            F.count(F.lit(1)).alias("events"),
-            F.sum(F.when(F.col("event_type") == "purchase", 1).otherwise(0)).alias("purchases"),
-            F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
-        )
+        events.groupBy(session, "session_id", "user_id")
+        .agg(*_session_aggregates())
         .withColumn(
             "duration_s",
             (F.unix_micros("session_end") - F.unix_micros("session_start")) / F.lit(1_000_000.0),
@@ -128,47 +175,6 @@ def sessions(events: DataFrame, gap_seconds: int) -> DataFrame:
     )
 
 
-# The speed layer keeps each view incrementally: every micro-batch's events are aggregated into partial rows
-# (the view's keys, mergeable columns), which are combined with the stored partial rows of the same keys.
-# Distinct counts become HyperLogLog sketches (Apache DataSketches, 2^HLL_LG_K buckets: ~0.8 % relative
-# standard error), which merge without loss; averages are kept as sums.
-HLL_LG_K = 14
-HLL_RELATIVE_ERROR = 1.04 / 2 ** (HLL_LG_K / 2)  # one standard error of a sketch's estimate
-
-
-def _sketch(column: str) -> Column:
-    return F.hll_sketch_agg(column, HLL_LG_K)
-
-
-def sensor_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "sensor_id", "location").agg(
-        F.count(F.lit(1)).alias("events"),
-        F.sum("temperature").alias("temperature_sum"),
-        F.min("temperature").alias("temperature_min"),
-        F.max("temperature").alias("temperature_max"),
-        F.sum("humidity").alias("humidity_sum"),
-        F.sum("pressure").alias("pressure_sum"),
-        F.min("battery").alias("battery_min"),
-    )
-
-
-def location_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "location").agg(
-        F.count(F.lit(1)).alias("events"),
-        _sketch("sensor_id").alias("sensors_sketch"),
-        F.sum("temperature").alias("temperature_sum"),
-        F.max("temperature").alias("temperature_max"),
-    )
-
-
-def activity_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
-        F.count(F.lit(1)).alias("events"),
-        _sketch("user_id").alias("users_sketch"),
-        F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
-    )
-
-
 def sessions_partial(events: DataFrame, gap_seconds: int) -> DataFrame:
     """Partial sessions: a session's events within one gap-long bucket of time are always closer than the gap,
     so they are one piece of one session (a hash aggregate, cheaper than sorting into session windows); the
@@ -176,13 +182,7 @@ def sessions_partial(events: DataFrame, gap_seconds: int) -> DataFrame:
     bucket = F.floor(F.unix_micros("ts") / F.lit(gap_seconds * 1_000_000))
     return (
         events.groupBy("session_id", "user_id", bucket.alias("_bucket"))
-        .agg(
-            F.min("ts").alias("session_start"),
-            F.max("ts").alias("session_end"),
-            F.count(F.lit(1)).alias("events"),
-            F.sum(F.when(F.col("event_type") == "purchase", 1).otherwise(0)).alias("purchases"),
-            F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
-        )
+        .agg(*_session_aggregates())
         .drop("_bucket")
     )
 
