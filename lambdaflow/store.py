@@ -217,8 +217,13 @@ def utc_naive(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
+def stored_value(value: Any) -> Any:
+    """A value as the store holds it (datetimes as naive UTC), e.g. to look a key up."""
+    return utc_naive(value) if isinstance(value, datetime) else value
+
+
 def _naive_utc(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: utc_naive(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows]
+    return [{k: stored_value(v) for k, v in row.items()} for row in rows]
 
 
 def _insert(connection: Any) -> Any:

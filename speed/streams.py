@@ -191,7 +191,7 @@ def merge_view(
             stored += connection.execute(select(table).where(table.c.session_id.in_(chunk))).mappings().all()
         return merge_sessions(stored, rows, settings.session_gap_seconds)
     keys = [table.c[name] for name in definition.keys]
-    wanted = sorted({tuple(_naive(row[name]) for name in definition.keys) for row in rows})
+    wanted = sorted({tuple(store.stored_value(row[name]) for name in definition.keys) for row in rows})
     for chunk in _chunks([] if rebuild else wanted):
         stored += connection.execute(select(table).where(tuple_(*keys).in_(chunk))).mappings().all()
     return merge_windows(definition.increment, definition.keys, stored, rows)
@@ -208,10 +208,6 @@ def write_view(connection: Any, view: str, merged: list[dict[str, Any]], now: da
         store.insert_rows(connection, table, rows)
     else:
         store.upsert_rows(connection, table, rows)
-
-
-def _naive(value: Any) -> Any:
-    return store.utc_naive(value) if isinstance(value, datetime) else value
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
