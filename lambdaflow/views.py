@@ -32,15 +32,15 @@ def dedupe_exact(events: DataFrame) -> DataFrame:
     """Keep one row per `event_id`: the one with the lowest Kafka coordinates (the first one received).
 
     Duplicates are rare, so only the repeated ids are ordered: a count per 64-bit hash of the id (a narrow
-    hash aggregate) finds the candidates, the other rows pass through an anti-join against that small set,
-    and the candidates' copies are ranked per `event_id` (a hash collision only makes two ids candidates).
-    Ranking every row (a sort of the whole day's rows) costs several times more. Eager: it counts the
-    candidates to pick the join strategy."""
-    order = [F.col(name) for name in KAFKA_ORDER if name in events.columns] or [F.col("ts")]
+    hash aggregate) finds the candidates (a hash collision only makes two ids candidates), their copies are
+    ranked per `event_id`, and the Kafka coordinates of every copy but the first (a small set) are broadcast
+    to an anti-join: each later use of the result is one scan of the input. Ranking every row (a sort of the
+    whole day's rows) costs several times more. Eager: it computes the candidates and the copies to drop."""
+    coordinates = [name for name in KAFKA_ORDER if name in events.columns]
+    order = [F.col(name) for name in coordinates] or [F.col("ts")]
 
-    def first_copies(rows: DataFrame) -> DataFrame:
-        rank = F.row_number().over(Window.partitionBy("event_id").orderBy(*order))
-        return rows.withColumn("_copy", rank).where("_copy = 1").drop("_copy")
+    def ranked(rows: DataFrame) -> DataFrame:
+        return rows.withColumn("_copy", F.row_number().over(Window.partitionBy("event_id").orderBy(*order)))
 
     id_hash = F.xxhash64("event_id")
     repeated = (
@@ -50,11 +50,16 @@ def dedupe_exact(events: DataFrame) -> DataFrame:
     count = repeated.count()
     if count == 0 or count > REPEATED_IDS_BROADCAST_LIMIT:
         repeated.unpersist()
-        return events if count == 0 else first_copies(events)
+        return events if count == 0 else ranked(events).where("_copy = 1").drop("_copy")
     candidate = id_hash == F.broadcast(repeated)["_id_hash"]
-    once = events.join(F.broadcast(repeated), candidate, "left_anti")
-    copies = events.join(F.broadcast(repeated), candidate, "left_semi")
-    return once.unionByName(first_copies(copies))
+    copies = ranked(events.join(F.broadcast(repeated), candidate, "left_semi"))
+    if len(coordinates) < len(KAFKA_ORDER):  # no Kafka coordinates to name a copy by
+        once = events.join(F.broadcast(repeated), candidate, "left_anti")
+        return once.unionByName(copies.where("_copy = 1").drop("_copy"))
+    later_copies = copies.where("_copy > 1").select(*KAFKA_ORDER).cache()
+    later_copies.count()
+    repeated.unpersist()
+    return events.join(F.broadcast(later_copies), list(KAFKA_ORDER), "left_anti").select(*events.columns)
 
 
 # Above this many candidate ids in one dedupe, their hashes are not broadcast (8 bytes each).
@@ -66,8 +71,11 @@ def dedupe_within_watermark(events: DataFrame) -> DataFrame:
     return events.dropDuplicatesWithinWatermark(["event_id"])
 
 
-def _window_start(window_seconds: int) -> Column:
-    return F.window("ts", f"{window_seconds} seconds").start
+def window_start(window_seconds: int) -> Column:
+    """The start of the tumbling window holding `ts`: integer arithmetic on epoch microseconds (the same
+    windows as `F.window`, whose struct and filter made the aggregations ~1.5x slower)."""
+    micros = F.unix_micros("ts")
+    return F.timestamp_micros(micros - F.pmod(micros, F.lit(window_seconds * 1_000_000)))
 
 
 # The speed layer keeps each view incrementally: every micro-batch's events are aggregated into partial rows
@@ -88,7 +96,7 @@ def _average(name: str) -> Column:
 
 
 def sensor_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "sensor_id", "location").agg(
+    return events.groupBy(window_start(window_seconds).alias("window_start"), "sensor_id", "location").agg(
         F.count(F.lit(1)).alias("events"),
         F.sum("temperature").alias("temperature_sum"),
         F.min("temperature").alias("temperature_min"),
@@ -106,40 +114,51 @@ def sensor_stats(events: DataFrame, window_seconds: int) -> DataFrame:
     )  # fmt: skip
 
 
-def _location_stats(events: DataFrame, window_seconds: int, sensors: Column) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "location").agg(
+def location_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
+    return events.groupBy(window_start(window_seconds).alias("window_start"), "location").agg(
         F.count(F.lit(1)).alias("events"),
-        sensors,
+        _sketch("sensor_id").alias("sensors_sketch"),
         F.sum("temperature").alias("temperature_sum"),
         F.max("temperature").alias("temperature_max"),
     )
 
 
-def location_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return _location_stats(events, window_seconds, _sketch("sensor_id").alias("sensors_sketch"))
-
-
 def location_stats(events: DataFrame, window_seconds: int) -> DataFrame:
-    exact = _location_stats(events, window_seconds, F.countDistinct("sensor_id").alias("sensors"))
-    return exact.select(
-        "window_start", "location", "events", "sensors", _average("temperature"), "temperature_max"
-    )
-
-
-def _activity_stats(events: DataFrame, window_seconds: int, users: Column) -> DataFrame:
-    return events.groupBy(_window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
-        F.count(F.lit(1)).alias("events"),
-        users,
-        F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
+    """Rolled up from the per-sensor rows: a location's distinct sensors in a window are its sensor rows,
+    so the exact count needs no distinct aggregate over the events."""
+    per_sensor = sensor_stats_partial(events, window_seconds)
+    return (
+        per_sensor.groupBy("window_start", "location")
+        .agg(
+            F.sum("events").alias("events"),
+            F.count(F.lit(1)).alias("sensors"),
+            F.sum("temperature_sum").alias("temperature_sum"),
+            F.max("temperature_max").alias("temperature_max"),
+        )
+        .select("window_start", "location", "events", "sensors", _average("temperature"), "temperature_max")
     )
 
 
 def activity_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return _activity_stats(events, window_seconds, _sketch("user_id").alias("users_sketch"))
+    return events.groupBy(window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
+        F.count(F.lit(1)).alias("events"),
+        _sketch("user_id").alias("users_sketch"),
+        F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
+    )
 
 
 def activity_stats(events: DataFrame, window_seconds: int) -> DataFrame:
-    return _activity_stats(events, window_seconds, F.countDistinct("user_id").alias("users"))
+    """Rolled up from per-user rows: a group's distinct users are its user rows (two hash aggregations,
+    ~2x faster than Spark's plan for a distinct count next to other aggregates)."""
+    keys = (window_start(window_seconds).alias("window_start"), "event_type", "browser")
+    per_user = events.groupBy(*keys, "user_id").agg(
+        F.count(F.lit(1)).alias("events"), F.sum("amount").alias("revenue")
+    )
+    return per_user.groupBy("window_start", "event_type", "browser").agg(
+        F.sum("events").alias("events"),
+        F.count("user_id").alias("users"),
+        F.coalesce(F.sum("revenue"), F.lit(0.0)).alias("revenue"),
+    )
 
 
 def _session_aggregates() -> list[Column]:
@@ -153,10 +172,15 @@ def _session_aggregates() -> list[Column]:
 
 
 def sessions(events: DataFrame, gap_seconds: int) -> DataFrame:
-    """One row per session: its events within a session window that closes after `gap_seconds` of silence."""
-    session = F.session_window("ts", f"{gap_seconds} seconds").alias("session")
+    """One row per session: a `session_id`'s events, in time order, until a silence of `gap_seconds` or more
+    (Spark's session window, spelled as a running count of the gaps: one sort instead of two)."""
+    by_time = Window.partitionBy("session_id", "user_id").orderBy("ts")
+    silence_us = F.unix_micros("ts") - F.lag(F.unix_micros("ts")).over(by_time)
+    starts_session = F.coalesce(silence_us >= F.lit(gap_seconds * 1_000_000), F.lit(False)).cast("int")
+    running = by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     return (
-        events.groupBy(session, "session_id", "user_id")
+        events.withColumn("_session", F.sum(starts_session).over(running))
+        .groupBy("session_id", "user_id", "_session")
         .agg(*_session_aggregates())
         .withColumn(
             "duration_s",

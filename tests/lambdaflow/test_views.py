@@ -116,3 +116,32 @@ def test_dedupe_keeps_the_copy_with_the_lowest_kafka_coordinates(spark, monkeypa
         return rows.sort_values("event_id").reset_index(drop=True)
 
     pd.testing.assert_frame_equal(by_id(kept), by_id(truth), check_dtype=False)
+
+
+def test_windows_and_sessions_at_their_exact_boundaries(spark):
+    """An event at a window's first microsecond belongs to it, one a microsecond earlier to the previous
+    window; a silence of exactly the gap starts a new session, a microsecond less does not."""
+    start = datetime(2026, 11, 20, 23, 55, tzinfo=UTC)
+    us = pd.Timedelta(microseconds=1)
+    gap = pd.Timedelta(seconds=GAP_S)
+    times = [start - us, start, start + gap - us, start + 2 * gap - us, start + 2 * gap - us]
+    frame = pd.DataFrame({
+        "event_id": [f"e{n}" for n in range(len(times))], "ts": pd.to_datetime(times, utc=True),
+        "session_id": "s1", "user_id": "u1", "event_type": "page_view", "browser": "chrome",
+        "amount": float("nan"),
+    })  # fmt: skip
+    events = spark.createDataFrame(frame)
+
+    windows = VIEWS["activity_stats"].build(events, WINDOW_S).toPandas()
+    starts = pd.to_datetime(windows["window_start"]).dt.tz_localize("UTC")
+    assert dict(zip(starts, windows["events"], strict=True)) == {
+        pd.Timestamp(start) - pd.Timedelta(seconds=WINDOW_S): 1,
+        pd.Timestamp(start): 1,
+        pd.Timestamp(start + gap - us).floor(f"{WINDOW_S}s"): 1,
+        pd.Timestamp(start + 2 * gap - us).floor(f"{WINDOW_S}s"): 2,
+    }
+    sessions = VIEWS["sessions"].build(events, GAP_S).toPandas().sort_values("session_start")
+    # start-1us, start, start+gap-1us: each silence is shorter than the gap (one session); then exactly the
+    # gap: start+2gap-1us twice is a second session
+    assert sessions["events"].tolist() == [3, 2]
+    assert sessions["duration_s"].tolist() == [GAP_S, 0.0]
