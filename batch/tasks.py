@@ -46,7 +46,7 @@ def recompute(ds: str) -> dict[str, int]:
     from lambdaflow.spark import spark_session
 
     settings = load_settings()
-    spark = spark_session(settings, f"lambdaflow-batch-{ds}")
+    spark = spark_session(settings, f"lambdaflow-batch-{ds}", kafka_source=False)
     try:
         result = recompute_day(spark, settings, date.fromisoformat(ds))
     finally:

@@ -316,7 +316,7 @@ def batch_day(day: datetime, publish: bool) -> None:
     from lambdaflow.spark import spark_session
 
     settings = _settings()
-    spark = spark_session(settings, "lambdaflow-batch")
+    spark = spark_session(settings, "lambdaflow-batch", kafka_source=False)
     try:
         result = recompute_day(spark, settings, day.date())
     finally:

@@ -7,7 +7,6 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from lambdaflow.kafka_source import KafkaDataSource
 from lambdaflow.settings import Settings
 
 
@@ -39,7 +38,10 @@ def spark_session(
     app_name: str = "lambdaflow",
     driver_memory: str | None = None,
     garbage_collector: str = THROUGHPUT_GC,
+    kafka_source: bool = True,
 ) -> SparkSession:
+    """A local (or `spark_master`) session; `kafka_source` registers the Kafka data source (~2 s that a
+    batch job, which reads only the lake, does not spend)."""
     prepare_environment()
     derby_home = f"-Dderby.system.home={settings.data_dir.resolve()}"
     session = (
@@ -61,7 +63,10 @@ def spark_session(
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("WARN")
-    session.dataSource.register(KafkaDataSource)
+    if kafka_source:
+        from lambdaflow.kafka_source import KafkaDataSource
+
+        session.dataSource.register(KafkaDataSource)
     return session
 
 
