@@ -24,7 +24,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
 from lambdaflow.settings import Settings
-from lambdaflow.views import VIEWS, clean, dedupe_exact, window_start
+from lambdaflow.views import VIEWS, clean, dedupe_exact, sensor_stats_partial, window_start
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,15 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     def chain(contract: str) -> DataFrame:
         # Not cached: re-reading the day's Parquet columns each view needs is cheaper than caching rows.
         events = events_of_day(spark, settings, contract, day)
+        shared = []
+        if contract == "iot_sensors":  # sensor_stats and location_stats both finish these rows: Spark's cache
+            shared.append(sensor_stats_partial(events, settings.window_seconds).cache())  # serves both
         for name, view in VIEWS.items():
             if view.contract == contract:
                 size = settings.session_gap_seconds if name == "sessions" else settings.window_seconds
                 write(name, view.build(events, size))
+        for frame in shared:
+            frame.unpersist()
         if contract == "iot_sensors":
             write(BASELINES, baselines(spark, settings, day, events))
         late = late_events(events, settings).cache()  # a few hundred rows, computed inside the chain
