@@ -52,14 +52,22 @@ def dedupe_exact(events: DataFrame) -> DataFrame:
         repeated.unpersist()
         return events if count == 0 else ranked(events).where("_copy = 1").drop("_copy")
     candidate = id_hash == F.broadcast(repeated)["_id_hash"]
-    copies = ranked(events.join(F.broadcast(repeated), candidate, "left_semi"))
-    if len(coordinates) < len(KAFKA_ORDER):  # no Kafka coordinates to name a copy by
+    copies = ranked(events.join(F.broadcast(repeated), candidate, "left_semi")).cache()
+    if len(coordinates) < len(KAFKA_ORDER) or _shared_coordinates(copies):
+        # no Kafka coordinates, or one record stored twice: name the copies to keep by rank, not coordinates
         once = events.join(F.broadcast(repeated), candidate, "left_anti")
         return once.unionByName(copies.where("_copy = 1").drop("_copy"))
     later_copies = copies.where("_copy > 1").select(*KAFKA_ORDER).cache()
     later_copies.count()
+    copies.unpersist()
     repeated.unpersist()
     return events.join(F.broadcast(later_copies), list(KAFKA_ORDER), "left_anti").select(*events.columns)
+
+
+def _shared_coordinates(copies: DataFrame) -> bool:
+    """Whether two of the candidate rows have the same Kafka coordinates (an archiver that re-read the topic
+    from a new checkpoint); an anti-join on coordinates would then drop both."""
+    return bool(copies.groupBy(*KAFKA_ORDER).count().where("count > 1").limit(1).count())
 
 
 # Above this many candidate ids in one dedupe, their hashes are not broadcast (8 bytes each).

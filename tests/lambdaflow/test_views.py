@@ -118,6 +118,22 @@ def test_dedupe_keeps_the_copy_with_the_lowest_kafka_coordinates(spark, monkeypa
     pd.testing.assert_frame_equal(by_id(kept), by_id(truth), check_dtype=False)
 
 
+def test_dedupe_keeps_one_copy_of_a_record_stored_twice(spark):
+    """An archiver restarted on a new checkpoint re-reads the topic: the same Kafka record (same coordinates)
+    lands in the lake twice. One copy stays; a later re-send of another event is still dropped."""
+    frame = pd.DataFrame({
+        "event_id": ["e1", "e1", "e2", "e2", "e3"],
+        "value": [1.0, 1.0, 2.0, 3.0, 4.0],
+        "_topic": "t", "_partition": 0,
+        "_offset": [10, 10, 11, 12, 13],
+    })  # fmt: skip
+
+    kept = dedupe_exact(spark.createDataFrame(frame)).toPandas().sort_values("event_id")
+
+    assert kept["event_id"].tolist() == ["e1", "e2", "e3"]
+    assert kept["value"].tolist() == [1.0, 2.0, 4.0]
+
+
 def test_windows_and_sessions_at_their_exact_boundaries(spark):
     """An event at a window's first microsecond belongs to it, one a microsecond earlier to the previous
     window; a silence of exactly the gap starts a new session, a microsecond less does not."""
