@@ -101,16 +101,18 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     def chain(contract: str) -> DataFrame:
         # Not cached: re-reading the day's Parquet columns each view needs is cheaper than caching rows.
         events = events_of_day(spark, settings, contract, day)
-        shared = []
-        if contract == "iot_sensors":  # sensor_stats and location_stats both finish these rows: Spark's cache
-            shared.append(sensor_stats_partial(events, settings.window_seconds).cache())  # serves both
+        # sensor_stats and location_stats both finish the per-sensor rows: cached, Spark's cache serves both
+        per_sensor = (
+            sensor_stats_partial(events, settings.window_seconds).cache()
+            if contract == "iot_sensors"
+            else None
+        )
         for name, view in VIEWS.items():
             if view.contract == contract:
                 size = settings.session_gap_seconds if name == "sessions" else settings.window_seconds
                 write(name, view.build(events, size))
-        for frame in shared:
-            frame.unpersist()
-        if contract == "iot_sensors":
+        if per_sensor is not None:
+            per_sensor.unpersist()
             write(BASELINES, baselines(spark, settings, day, events))
         late = late_events(events, settings).cache()  # a few hundred rows, computed inside the chain
         late.count()
