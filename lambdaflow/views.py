@@ -52,16 +52,20 @@ def dedupe_exact(events: DataFrame) -> DataFrame:
         repeated.unpersist()
         return events if count == 0 else ranked(events).where("_copy = 1").drop("_copy")
     candidate = id_hash == F.broadcast(repeated)["_id_hash"]
-    copies = ranked(events.join(F.broadcast(repeated), candidate, "left_semi")).cache()
-    if len(coordinates) < len(KAFKA_ORDER) or _shared_coordinates(copies):
-        # no Kafka coordinates, or one record stored twice: name the copies to keep by rank, not coordinates
-        once = events.join(F.broadcast(repeated), candidate, "left_anti")
-        return once.unionByName(copies.where("_copy = 1").drop("_copy"))
-    later_copies = copies.where("_copy > 1").select(*KAFKA_ORDER).cache()
-    later_copies.count()
-    copies.unpersist()
-    repeated.unpersist()
-    return events.join(F.broadcast(later_copies), list(KAFKA_ORDER), "left_anti").select(*events.columns)
+    candidates = events.join(F.broadcast(repeated), candidate, "left_semi")
+    if len(coordinates) == len(KAFKA_ORDER):
+        copies = ranked(candidates.select("event_id", *KAFKA_ORDER)).cache()  # only what ranking needs
+        if not _shared_coordinates(copies):
+            later_copies = copies.where("_copy > 1").select(*KAFKA_ORDER).cache()
+            later_copies.count()
+            copies.unpersist()
+            repeated.unpersist()
+            kept = events.join(F.broadcast(later_copies), list(KAFKA_ORDER), "left_anti")
+            return kept.select(*events.columns)
+        copies.unpersist()
+    # no Kafka coordinates, or one record stored twice: name the copies to keep by rank, not coordinates
+    once = events.join(F.broadcast(repeated), candidate, "left_anti")
+    return once.unionByName(ranked(candidates).where("_copy = 1").drop("_copy"))
 
 
 def _shared_coordinates(copies: DataFrame) -> bool:
