@@ -63,7 +63,7 @@ def write_archive(archive: Path = ARCHIVE) -> Path:
         spark.stop()
         logging.getLogger("py4j").setLevel(logging.CRITICAL)  # the gateway connection drops as the JVM exits
         with contextlib.suppress(Exception):  # the exit never answers
-            jvm.System.exit(0)  # the archive is written on System.exit, not when the driver is killed
+            jvm.System.exit(0)  # written here; when Python just exits, the JVM goes without writing it
         proc.wait(timeout=300)
     if not partial.is_file():
         raise RuntimeError(f"the JVM did not write {partial} (does it support -XX:ArchiveClassesAtExit?)")
