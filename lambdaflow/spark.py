@@ -43,15 +43,15 @@ def spark_session(
     driver_memory: str | None = None,
     jvm_tuning: str = THROUGHPUT_JVM,
     kafka_source: bool = True,
-    java_options: str = "",
+    class_sharing: str | None = None,
 ) -> SparkSession:
     """A local (or `spark_master`) session; `kafka_source` registers the Kafka data source (~2 s that a
-    batch job, which reads only the lake, does not spend). The driver maps the class archive that
-    `make venv` writes (see `lambdaflow.spark_classes`) unless `java_options` asks it to write one."""
+    batch job, which reads only the lake, does not spend). `class_sharing` is the driver's class-data-sharing
+    options: by default it maps the archive that `make venv` writes (see `lambdaflow.spark_classes`)."""
     prepare_environment()
     derby_home = f"-Dderby.system.home={settings.data_dir.resolve()}"
-    if "ArchiveClassesAtExit" not in java_options:
-        java_options = f"{archive_java_options()} {java_options}"
+    if class_sharing is None:
+        class_sharing = archive_java_options()
     session = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
@@ -67,7 +67,7 @@ def spark_session(
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))
-        .config("spark.driver.extraJavaOptions", f"{derby_home} {jvm_tuning} {java_options}".strip())
+        .config("spark.driver.extraJavaOptions", f"{derby_home} {jvm_tuning} {class_sharing}".strip())
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("WARN")

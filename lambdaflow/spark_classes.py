@@ -47,7 +47,7 @@ def write_archive(archive: Path = ARCHIVE) -> Path:
     with tempfile.TemporaryDirectory(prefix="lambdaflow-classes-") as temporary:
         settings = load_settings(data_dir=Path(temporary))
         dump = f"-XX:ArchiveClassesAtExit={partial} -Xlog:cds*=error"
-        spark = spark_session(settings, "lambdaflow-classes", java_options=dump)
+        spark = spark_session(settings, "lambdaflow-classes", class_sharing=dump)
         for contract in ("iot_sensors", "user_activity"):
             schema = from_arrow_schema(RAW_SCHEMAS[contract], prefer_timestamp_ntz=False)
             rows = spark.range(2_000).select(*(_generated(field.name, field.dataType) for field in schema))
