@@ -32,7 +32,6 @@ from lambdaflow.contracts import contract_for
 from lambdaflow.kafka_source import FORMAT
 from lambdaflow.lake import (
     QUARANTINE_SCHEMA,
-    RAW_SCHEMAS,
     archiver_status_path,
     day_dir,
     quarantine_dir,
@@ -93,18 +92,17 @@ class ArchiveTask:
         """Write one Kafka partition's records of this micro-batch; files are named by batch and partition,
         so a replayed micro-batch overwrites its own files (exactly once in the lake)."""
         contract = contract_for(topic, self.contracts)
-        split = split_records(table, self.contracts, self.max_future, datetime.now(UTC))
-        valid: dict[date, list[dict[str, Any]]] = defaultdict(list)
-        for row in split.valid:
-            valid[row["ts"].date()].append(row)
+        split = split_records(table, contract, self.max_future, datetime.now(UTC))
         invalid: dict[date, list[dict[str, Any]]] = defaultdict(list)
         for row in split.invalid:
             invalid[row["_kafka_ts"].date()].append(row)
-        max_event_ts = max((row["ts"] for row in split.valid), default=None)
+        event_ts = split.valid["ts"]
+        max_event_ts = pc.max(event_ts).as_py()
+        event_days = pc.cast(event_ts, pa.date32())
         name = f"part-{self.batch_id:010d}-{partition:04d}.parquet"
-        for day, rows in valid.items():
-            table_out = pa.Table.from_pylist(rows, schema=RAW_SCHEMAS[contract])
-            write_parquet_atomically(table_out, day_dir(raw_dir(self.lake, topic), day) / name)
+        for day in pc.unique(event_days).to_pylist():
+            events = split.valid.filter(pc.equal(event_days, day))
+            write_parquet_atomically(events, day_dir(raw_dir(self.lake, topic), day) / name)
         for day, rows in invalid.items():
             table_out = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
             write_parquet_atomically(table_out, day_dir(quarantine_dir(self.lake, topic), day) / name)
@@ -115,7 +113,7 @@ class ArchiveTask:
                 {
                     "topic": topic,
                     "partition": partition,
-                    "valid": len(split.valid),
+                    "valid": split.valid.num_rows,
                     "invalid": len(split.invalid),
                     "max_event_ts": max_event_ts,
                 }

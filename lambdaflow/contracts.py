@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import (
@@ -57,7 +57,21 @@ def _canonical_uuid(value: str) -> str:
 Number = float
 EventId = Annotated[str, AfterValidator(_canonical_uuid)]
 Timestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]
-Name = Annotated[str, Field(min_length=1, max_length=128)]
+NAME_LENGTH = (1, 128)
+Name = Annotated[str, Field(min_length=NAME_LENGTH[0], max_length=NAME_LENGTH[1])]
+# Inclusive ranges of the numeric fields (None: unbounded); the columnar validation reads them too.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (-50, 100),
+    "humidity": (0, 100),
+    "pressure": (800, 1200),
+    "battery": (0, 100),
+    "amount": (0, None),
+}
+
+
+def _in_range(name: str) -> Any:
+    low, high = RANGES[name]
+    return Annotated[Number, Field(ge=low, le=high)]
 
 
 class Event(BaseModel):
@@ -70,19 +84,19 @@ class Event(BaseModel):
 class IotReading(Event):
     sensor_id: Name
     location: Name
-    temperature: Annotated[Number, Field(ge=-50, le=100)]
-    humidity: Annotated[Number, Field(ge=0, le=100)]
-    pressure: Annotated[Number, Field(ge=800, le=1200)]
-    battery: Annotated[Number, Field(ge=0, le=100)]
+    temperature: _in_range("temperature")
+    humidity: _in_range("humidity")
+    pressure: _in_range("pressure")
+    battery: _in_range("battery")
 
 
 class UserActivity(Event):
     user_id: Name
     session_id: Name
-    event_type: Literal["login", "page_view", "add_to_cart", "purchase", "logout"]
+    event_type: Literal[EVENT_TYPES]
     page: Name
     browser: Name
-    amount: Annotated[Number, Field(ge=0)] | None = None
+    amount: _in_range("amount") | None = None
 
     @model_validator(mode="after")
     def _amount_only_on_purchase(self) -> UserActivity:

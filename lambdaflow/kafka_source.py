@@ -4,7 +4,7 @@ No Spark-Kafka connector jar can be installed here, so this reads with kafka-pyt
 connector's conventions: `format("lambdaflow_kafka")`, options `subscribe`, `startingOffsets`
 (`earliest`/`latest`), `maxOffsetsPerTrigger`, and `kafka.*` client settings (`kafka.bootstrap.servers`,
 `kafka.security.protocol`, `kafka.sasl.mechanism`, …), and the same columns: topic, partition, offset,
-timestamp, key, value. With the option `contract` (and `topicContracts`, a JSON map of topic to contract, and
+timestamp, key, value. With the option `contract` (the subscribed topics' event contract; and
 `maxFutureSeconds`), it validates the records as it reads them and gives that contract's event columns, the
 Kafka coordinates and an `_invalid` flag instead (see `lambdaflow.records.ParseValid`).
 
@@ -16,7 +16,6 @@ answers the base offset of the last record batch + 1.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -231,8 +230,7 @@ def record_parser(options: Mapping[str, str]) -> ParseValid | None:
         return None
     if contract not in MODELS:
         raise ValueError(f"option 'contract' must be one of {sorted(MODELS)}, not {contract!r}")
-    contracts = json.loads(options.get("topicContracts") or "{}")
-    return ParseValid(contracts, contract, timedelta(seconds=float(options.get("maxFutureSeconds", "3600"))))
+    return ParseValid(contract, timedelta(seconds=float(options.get("maxFutureSeconds", "3600"))))
 
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):

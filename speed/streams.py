@@ -52,7 +52,6 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(settings.max_records_per_trigger))
         .option("contract", contract)
-        .option("topicContracts", json.dumps(settings.topic_contracts))
         .option("maxFutureSeconds", str(settings.max_future_seconds))
         .load()
     )
