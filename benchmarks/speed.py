@@ -6,9 +6,10 @@ first micro-batch; beside them the benchmark sends one probe reading every 100 m
 and polls `speed_sensor_stats` for it. A probe's freshness is the time from just before its send to the first
 poll that sees its row.
 
-Throughput: the speed queries drain a backlog of IoT readings and user activity with `stream --once`; the rate
-is the events over the run's wall time minus that of the same run over empty topics (Spark start-up and
-shutdown), so it is what the queries keep up with once running.
+Throughput: the speed queries drain a backlog of IoT readings and user activity with `stream --once`, 100k
+events a trigger. The rate is sustained, once warm: the events beyond one trigger's worth over the time
+beyond that of the same run over one trigger's worth (which pays Spark's start-up and shutdown and each
+query's first, cold micro-batch: JIT, code generation, Python workers).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from lambdaflow.contracts import format_ts
 
 RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
 SPEED_QUERIES = "sensor_stats,location_stats,activity_stats,sessions,alerts"
-BACKLOG_PER_TOPIC = 300_000
+BACKLOG_PER_TOPIC = 500_000
+PER_TRIGGER = 100_000
 FRESHNESS_RATE = int(__import__("os").environ.get("BENCH_FRESHNESS_RATE", "5000"))  # the target's rate
 FRESHNESS_RATES = {"iot": FRESHNESS_RATE * 3 // 5, "activity": FRESHNESS_RATE * 2 // 5}
 FRESHNESS_WARMUP_S, FRESHNESS_MEASURE_S, PROBE_INTERVAL_S = 20.0, 45.0, 0.1
@@ -55,27 +57,31 @@ def _run_once(env: dict[str, str]) -> tuple[float, PeakMemory]:
 
 
 def throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
-    loaded, empty = _topics("bench_speed"), _topics("bench_speed_empty")
-    for topics in (loaded, empty):
+    loaded, warm_up = _topics("bench_speed"), _topics("bench_speed_warm_up")
+    for topics, count in ((loaded, BACKLOG_PER_TOPIC), (warm_up, PER_TRIGGER)):
         subprocess_topics(_env(broker, work / "speed-load", **topics))
-    for kind in ("iot", "activity"):
-        _produce(_env(broker, work / "speed-load", **loaded), kind, BACKLOG_PER_TOPIC)
+        for kind in ("iot", "activity"):
+            _produce(_env(broker, work / "speed-load", **topics), kind, count)
     rates, jvm_peaks, tree_peaks = [], [], []
+    per_trigger = {"LAMBDAFLOW_MAX_RECORDS_PER_TRIGGER": str(PER_TRIGGER)}
     for run in range(RUNS):
-        per_trigger = {"LAMBDAFLOW_MAX_RECORDS_PER_TRIGGER": "100000"}
-        empty_s, _ = _run_once(_env(broker, work / f"speed-empty-{run}", **empty, **per_trigger))
+        warm_up_s, _ = _run_once(_env(broker, work / f"speed-warm-up-{run}", **warm_up, **per_trigger))
         full_s, memory = _run_once(_env(broker, work / f"speed-{run}", **loaded, **per_trigger))
-        rates.append(2 * BACKLOG_PER_TOPIC / max(full_s - empty_s, 1e-3))
+        rates.append(2 * (BACKLOG_PER_TOPIC - PER_TRIGGER) / max(full_s - warm_up_s, 1e-3))
         jvm_peaks.append(memory.peak_jvm_mib)
         tree_peaks.append(memory.peak_mib)
-        print(f"  speed throughput run {run + 1}: {full_s:.1f} s loaded, {empty_s:.1f} s empty", flush=True)
-        for path in (work / f"speed-empty-{run}", work / f"speed-{run}"):
+        print(f"  speed throughput run {run + 1}: {full_s:.1f} s for {BACKLOG_PER_TOPIC:,} a topic, "
+              f"{warm_up_s:.1f} s for {PER_TRIGGER:,}", flush=True)  # fmt: skip
+        for path in (work / f"speed-warm-up-{run}", work / f"speed-{run}"):
             shutil.rmtree(path, ignore_errors=True)
-    result = Result("speed queries: backlog drained (2 topic queries)", "events/s", rates, "≥ 30,000")
+    result = Result("speed queries: backlog drained once warm", "events/s", rates, "≥ 30,000")
     result.meets_target = result.median >= 30_000
     memory_result = Result("speed queries: Spark driver JVM peak", "MiB", jvm_peaks, "≤ 2,048")
     memory_result.meets_target = max(jvm_peaks) <= 2048
-    result.notes["events per run"] = f"{2 * BACKLOG_PER_TOPIC:,} (IoT + activity), 100k a trigger"
+    result.notes["events per run"] = (
+        f"{2 * BACKLOG_PER_TOPIC:,} (IoT + activity, 2 topic queries), {PER_TRIGGER:,} a trigger; "
+        f"net of a run over {PER_TRIGGER:,} a topic"
+    )
     memory_result.notes["whole application (driver JVM + Python driver + workers), peak"] = (
         f"{max(tree_peaks):,.0f} MiB"
     )
