@@ -12,6 +12,7 @@ from lambdaflow.kafka_source import (
     KafkaStreamReader,
     client_config,
     limit_rows,
+    rdkafka_config,
     record_parser,
 )
 from tests.kafka_helpers import produce_values
@@ -58,6 +59,25 @@ def test_client_options_follow_the_spark_kafka_convention():
         client_config({})
     with pytest.raises(ValueError, match=re.escape("unsupported Kafka client option 'kafka.linger.ms'")):
         client_config({"kafka.bootstrap.servers": "h:1", "kafka.linger.ms": "5"})
+
+
+def test_the_readers_librdkafka_settings_take_an_event_hubs_connection():
+    from confluent_kafka import Consumer
+
+    secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=read;SharedAccessKey=c2VjcmV0"
+    options = {
+        "kafka.bootstrap.servers": "ns.servicebus.windows.net:9093", "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "PLAIN", "kafka.sasl.plain.username": "$ConnectionString",
+        "kafka.sasl.plain.password": secret,
+    }  # fmt: skip
+    settings = rdkafka_config(client_config(options))
+    assert {key: settings[key] for key in ("bootstrap.servers", "security.protocol", "sasl.mechanism")} == {
+        "bootstrap.servers": "ns.servicebus.windows.net:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+    }
+    assert (settings["sasl.username"], settings["sasl.password"]) == ("$ConnectionString", secret)
+    Consumer(settings).close()  # librdkafka checks every setting when the client is made
 
 
 def test_the_contract_option_validates_as_it_reads_and_names_a_bad_contract():
