@@ -10,6 +10,7 @@ import logging
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -243,6 +244,33 @@ def produce(
         sys.exit(1)
 
 
+def run_until_stopped(queries: list[Any]) -> None:
+    """Wait until the streaming queries end (`--once`), one fails, or SIGINT/SIGTERM arrives; then stop the
+    others. The signals only set a flag: a KeyboardInterrupt raised inside a py4j call broke the gateway's
+    connection, and the queries could then not be stopped cleanly. Stopped queries resume from their
+    checkpoints."""
+    stopping = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stopping.set()) for number in _STOP_SIGNALS}
+    try:
+        while not stopping.wait(1.0):
+            if not any(query.isActive for query in queries):
+                break
+            if any(query.exception() is not None for query in queries):
+                break
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if stopping.is_set():
+        names = ", ".join(query.name for query in queries)
+        log.info("stopping the streaming queries (%s); they resume from their checkpoints", names)
+    for query in queries:
+        if query.isActive:
+            query.stop()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @cli.command()
 @click.option("--once", is_flag=True, help="Archive what is in the topics now, then exit (availableNow).")
 @_one_line_errors
@@ -255,10 +283,7 @@ def archive(once: bool) -> None:
     spark = spark_session(settings, "lambdaflow-archiver")
     query = start_archiver(spark, settings, once=once)
     log.info("archiver started (%s); lake at %s", "once" if once else "continuous", settings.lake_dir)
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        query.stop()
+    run_until_stopped([query])
     if query.exception() is not None:
         _fail(f"archiver failed: {query.exception()}")
     log.info("archiver stopped; status in %s", status_path(settings))
@@ -291,12 +316,7 @@ def stream(once: bool, only: str | None) -> None:
         queries.append(start_speed_query(spark, settings, contract, parts, once=once))
     log.info("streaming %s (%s); store %s", ", ".join(selected), "once" if once else "continuous",
              settings.resolved_store_url)  # fmt: skip
-    try:
-        for query in queries:
-            query.awaitTermination()
-    except KeyboardInterrupt:
-        for query in queries:
-            query.stop()
+    run_until_stopped(queries)
     failed = [f"{q.name}: {q.exception()}" for q in queries if q.exception() is not None]
     spark.streams.removeListener(recorder)  # before the JVM outlives the Python callback server
     spark.stop()
