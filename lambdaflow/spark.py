@@ -32,9 +32,12 @@ def trigger(settings: Settings, once: bool) -> dict[str, object]:
 # the JVM's default G1 in paired runs (e.g. 91 s vs 105 s). On 2 cores the JIT compilers took ~80 of the
 # ~200 CPU-seconds of that recompute; compiling only methods 3x hotter than by default cut it to ~55 and the
 # recompute by ~7 s (paired runs: 93.7 vs 86.4 s, 86.8 vs 79.8 s). The streaming app keeps G1 for shorter
-# pauses and the default thresholds.
+# pauses and the default thresholds. Its threads get 16 MiB stacks (reserved, used only if needed): stopping a
+# query interrupts its foreachBatch, and Spark tells that from a failure with a backtracking regex over the
+# Python error's text (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the
+# query's thread with a StackOverflowError instead of stopping it.
 THROUGHPUT_JVM = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
-LOW_PAUSE_JVM = "-XX:+UseG1GC"
+LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m"
 
 
 def spark_session(

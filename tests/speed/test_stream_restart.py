@@ -1,5 +1,5 @@
 """kill -9 the streaming application mid-stream and restart it: the views equal the ground truth and no
-alert is stored twice or lost."""
+alert is stored twice or lost. Ctrl-C stops it cleanly, and a restart resumes."""
 
 from __future__ import annotations
 
@@ -81,3 +81,28 @@ def test_kill_9_mid_stream_then_restart(make_settings, store_url):
     assert {(row["rule"], json.loads(row["event"])["event_id"]) for row in rows} == expected
     published = consume_all(settings.kafka_bootstrap_servers, settings.topic_alerts, len(expected))
     assert {json.loads(record.value)["alert_id"] for record in published} == {row["alert_id"] for row in rows}
+
+
+def test_ctrl_c_stops_the_queries_cleanly_and_a_restart_resumes(make_settings):
+    settings = make_settings(max_records_per_trigger=1000, trigger_seconds=0.2)
+    env = settings_env(settings)
+    producer = subprocess.Popen([*LAMBDAFLOW, "produce", "iot", "--count", "6000", "--rate", "1000", *FAULTS],
+                                env=env, cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    app = subprocess.Popen([*LAMBDAFLOW, "stream", "--only", "sensor_stats"], env=env, cwd=ROOT,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while batches_done(settings) < 2:
+        assert time.monotonic() < deadline, "the streaming application made no progress"
+        time.sleep(0.3)
+    app.send_signal(signal.SIGINT)  # mid-stream: the producer is still sending
+    _, stderr = app.communicate(timeout=150)
+    assert app.returncode == 0, stderr[-3000:]
+    assert "stopping the streaming queries (speed_iot_sensors)" in stderr
+    for broken in ("Traceback", "StackOverflowError", "KeyboardInterrupt"):
+        assert broken not in stderr, stderr[-3000:]
+    assert producer.wait(timeout=120) == 0
+
+    run_cli(["stream", "--once", "--only", "sensor_stats"], env)
+
+    events = ground_truth.clean_events(topic_frame(settings, settings.topic_iot, "iot_sensors", 6000))
+    compare(store_frame(settings, "sensor_stats"), ground_truth.VIEWS["sensor_stats"](events), "sensor_stats")
