@@ -61,9 +61,12 @@ def write_archive(archive: Path = ARCHIVE) -> Path:
         proc = spark.sparkContext._gateway.proc  # the driver JVM (spark-submit execs it)
         jvm = spark.sparkContext._jvm
         spark.stop()
-        logging.getLogger("py4j").setLevel(logging.CRITICAL)  # the gateway connection drops as the JVM exits
-        with contextlib.suppress(Exception):  # the exit never answers
-            jvm.System.exit(0)  # written here; when Python just exits, the JVM goes without writing it
+        logging.disable(logging.ERROR)  # py4j logs the dropped connection (with a traceback) as the JVM exits
+        try:
+            with contextlib.suppress(Exception):  # the exit never answers
+                jvm.System.exit(0)  # written here; when Python just exits, the JVM goes without writing it
+        finally:
+            logging.disable(logging.NOTSET)
         proc.wait(timeout=300)
     if not partial.is_file():
         raise RuntimeError(f"the JVM did not write {partial} (does it support -XX:ArchiveClassesAtExit?)")
