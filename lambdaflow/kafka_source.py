@@ -88,22 +88,6 @@ def client_config(options: Mapping[str, str]) -> dict[str, Any]:
     return config
 
 
-def _consumer(config: dict[str, Any], **overrides: Any) -> KafkaConsumer:
-    settings = {
-        "enable_auto_commit": False,
-        "group_id": None,
-        # a start offset already deleted by retention resumes at the oldest record kept, never at the end
-        "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
-        "fetch_max_bytes": 64 * 1024 * 1024,
-        "max_partition_fetch_bytes": 16 * 1024 * 1024,
-        "max_poll_records": 50_000,
-        **config,
-        **overrides,
-    }
-    return KafkaConsumer(**settings)
-
-
 def offset_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
@@ -117,7 +101,14 @@ class EndOffsetProbe:
     """Finds each partition's high watermark from Fetch responses, reading at most one batch per partition."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self._consumer = _consumer(config, max_partition_fetch_bytes=1, fetch_max_wait_ms=10)
+        self._consumer = KafkaConsumer(
+            **config,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=1,  # only the Fetch answers' high watermarks are used
+            fetch_max_wait_ms=10,  # Tansu answers nothing to a Fetch with max wait 0
+        )
 
     def partitions(self, topics: list[str]) -> list[TopicPartition]:
         found = []

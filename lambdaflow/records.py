@@ -16,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+from annotated_types import MaxLen
 
-from lambdaflow.contracts import ARROW_SCHEMAS, EVENT_TYPES, NAME_LENGTH, RANGES, validate_record
+from lambdaflow.contracts import ARROW_SCHEMAS, EVENT_TYPES, MODELS, NAME_LENGTH, RANGES, validate_record
 from lambdaflow.lake import RAW_SCHEMAS
 
 INVALID = "_invalid"  # the flag of a record that broke its contract, in `ParseValid`'s output
@@ -31,7 +33,6 @@ RECORD_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "value")
 _CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _PRODUCER_TS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"  # what producers send (`format_ts`)
 _EPOCH = "1970-01-01T00:00:00Z"
-_NAMES = ("sensor_id", "location", "user_id", "session_id", "page", "browser")
 _BISECT_BELOW = 64  # a block Arrow cannot parse is split in halves down to this many records
 # pydantic's JSON parser refuses nesting deeper than 200 (Arrow's does not); that takes more than 400 bytes
 _MAX_COLUMNAR_BYTES = 400
@@ -74,9 +75,9 @@ def split_records(
                 invalid.append({**raw, **coordinates})
             else:
                 rows.append({**event.model_dump(), **coordinates})
-    if rows:
-        valid.append(pa.Table.from_pylist(rows, schema=RAW_SCHEMAS[contract]))
     schema = RAW_SCHEMAS[contract]
+    if rows:
+        valid.append(pa.Table.from_pylist(rows, schema=schema))
     return SplitRecords(pa.concat_tables(valid) if valid else schema.empty_table(), invalid)
 
 
@@ -121,6 +122,13 @@ def _split_columnar(
         by_record.append(records.filter(pc.invert(proven)))
 
 
+@cache
+def _name_fields(contract: str) -> tuple[str, ...]:
+    """The contract's name fields (the model's `Name`s, NAME_LENGTH characters)."""
+    fields = MODELS[contract].model_fields
+    return tuple(name for name, info in fields.items() if any(isinstance(m, MaxLen) for m in info.metadata))
+
+
 def _json_schema(contract: str) -> pa.Schema:
     """The contract's fields as JSON gives them (`ts` as its string)."""
     schema = ARROW_SCHEMAS[contract]
@@ -149,10 +157,9 @@ def _columnar_events(
     names = [name for name in fields.column_names if name not in ("amount",)]
     checks += [pc.is_valid(fields[name]) for name in names]
     checks.append(pc.match_substring_regex(fields["event_id"], _CANONICAL_UUID))
-    for name in _NAMES:
-        if name in fields.column_names:
-            length = pc.utf8_length(fields[name])
-            checks += [pc.greater_equal(length, NAME_LENGTH[0]), pc.less_equal(length, NAME_LENGTH[1])]
+    for name in _name_fields(contract):
+        length = pc.utf8_length(fields[name])
+        checks += [pc.greater_equal(length, NAME_LENGTH[0]), pc.less_equal(length, NAME_LENGTH[1])]
     for name, (low, high) in RANGES.items():
         if name in fields.column_names:
             value = fields[name]
