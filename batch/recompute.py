@@ -18,13 +18,22 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
 from lambdaflow.settings import Settings
-from lambdaflow.views import VIEWS, clean, dedupe_exact, sensor_stats_partial, window_start
+from lambdaflow.views import (
+    VIEWS,
+    activity_stats,
+    clean,
+    dedupe_exact,
+    location_stats_from_partial,
+    sensor_stats_from_partial,
+    sensor_stats_partial,
+    sessions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +59,19 @@ def events_of_day(spark: SparkSession, settings: Settings, contract: str, day: d
     return clean(dedupe_exact(read_raw_days(spark, settings, contract, [day])))
 
 
-def late_events(events: DataFrame, settings: Settings) -> DataFrame:
-    """Per window and topic: the events, and those that reached Kafka more than the watermark after their
-    event time (the speed layer dropped them; the batch layer has them)."""
+def is_late(settings: Settings) -> Column:
+    """1 for an event that reached Kafka more than the watermark after its event time (the speed layer
+    dropped it; the batch layer has it), else 0."""
     delay_us = F.unix_micros("_kafka_ts") - F.unix_micros("ts")
-    late = delay_us > F.lit(settings.watermark_seconds * 1_000_000)
-    return events.groupBy(
-        window_start(settings.window_seconds).alias("window_start"), F.col("_topic").alias("topic")
-    ).agg(F.count(F.lit(1)).alias("events"), F.sum(late.cast("long")).alias("late_events"))
+    return (delay_us > F.lit(settings.watermark_seconds * 1_000_000)).cast("long")
+
+
+def late_events(per_window: DataFrame, topic: str) -> DataFrame:
+    """Per window of a topic, its events and its late ones, from rows per window (and more keys) that carry
+    `events` and `late_events`: the view aggregation that counted the events counted the late ones too."""
+    return per_window.groupBy("window_start").agg(
+        F.lit(topic).alias("topic"), *(F.sum(name).alias(name) for name in ("events", LATE_EVENTS))
+    )
 
 
 def baselines(spark: SparkSession, settings: Settings, day: date, readings_of_day: DataFrame) -> DataFrame:
@@ -101,22 +115,22 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     def chain(contract: str) -> DataFrame:
         # Not cached: re-reading the day's Parquet columns each view needs is cheaper than caching rows.
         events = events_of_day(spark, settings, contract, day)
-        # sensor_stats and location_stats both finish the per-sensor rows: cached, Spark's cache serves both
-        per_sensor = (
-            sensor_stats_partial(events, settings.window_seconds).cache()
-            if contract == "iot_sensors"
-            else None
-        )
-        for name, view in VIEWS.items():
-            if view.contract == contract:
-                size = settings.session_gap_seconds if name == "sessions" else settings.window_seconds
-                write(name, view.build(events, size))
-        if per_sensor is not None:
-            per_sensor.unpersist()
+        late = {LATE_EVENTS: is_late(settings)}
+        # The per-window rows (one per window and sensor, or group: small, cached) serve the window views
+        # and the late events.
+        if contract == "iot_sensors":
+            per_window = sensor_stats_partial(events, settings.window_seconds, late).cache()
+            write("sensor_stats", sensor_stats_from_partial(per_window))
+            write("location_stats", location_stats_from_partial(per_window))
             write(BASELINES, baselines(spark, settings, day, events))
-        late = late_events(events, settings).cache()  # a few hundred rows, computed inside the chain
-        late.count()
-        return late
+        else:
+            per_window = activity_stats(events, settings.window_seconds, late).cache()
+            write("activity_stats", per_window.drop(LATE_EVENTS))
+            write("sessions", sessions(events, settings.session_gap_seconds))
+        late_rows = late_events(per_window, settings.topic_for(contract)).cache()
+        late_rows.count()
+        per_window.unpersist()
+        return late_rows
 
     with ThreadPoolExecutor(len(VIEW_CONTRACTS), thread_name_prefix="batch") as pool:
         late = list(pool.map(chain, VIEW_CONTRACTS))
