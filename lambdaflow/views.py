@@ -208,12 +208,18 @@ def activity_stats(
     )
 
 
+def _session_columns(events: DataFrame, *more: Column) -> DataFrame:
+    """Only what sessions aggregate, the event type already a purchase flag: narrower rows to shuffle."""
+    purchase = F.when(F.col("event_type") == "purchase", 1).otherwise(0).alias("_purchase")
+    return events.select(*more, "session_id", "user_id", "ts", purchase, "amount")
+
+
 def _session_aggregates() -> list[Column]:
     return [
         F.min("ts").alias("session_start"),
         F.max("ts").alias("session_end"),
         F.count(F.lit(1)).alias("events"),
-        F.sum(F.when(F.col("event_type") == "purchase", 1).otherwise(0)).alias("purchases"),
+        F.sum("_purchase").alias("purchases"),
         F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
     ]
 
@@ -230,7 +236,7 @@ def sessions(events: DataFrame, gap_seconds: int) -> DataFrame:
     starts_session = F.coalesce(silence_us >= F.lit(gap_seconds * 1_000_000), F.lit(False)).cast("int")
     running = by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     return (
-        events.withColumn("_key_hash", F.xxhash64("session_id", "user_id"))
+        _session_columns(events, F.xxhash64("session_id", "user_id").alias("_key_hash"))
         .withColumn("_session", F.sum(starts_session).over(running))
         .groupBy(*keys, "_session")  # with the hash: the window's partitioning serves it, no second shuffle
         .agg(*_session_aggregates())
@@ -257,7 +263,8 @@ def sessions_partial(events: DataFrame, gap_seconds: int) -> DataFrame:
     merge joins the pieces closer than the gap."""
     bucket = F.floor(F.unix_micros("ts") / F.lit(gap_seconds * 1_000_000))
     return (
-        events.groupBy("session_id", "user_id", bucket.alias("_bucket"))
+        _session_columns(events)
+        .groupBy("session_id", "user_id", bucket.alias("_bucket"))
         .agg(*_session_aggregates())
         .drop("_bucket")
     )
