@@ -24,6 +24,10 @@ from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 
 PROGRESS_INTERVAL_S = 1.0
+# A paced producer sleeps only once it is this far ahead of its rate, so it sends in bursts of at most this
+# long: sleeping before every record cost 2.5x the CPU of sending (60k records at 3,000/s: 10.3 CPU-s, 4.9
+# with 50 ms bursts, 4.0 unpaced), CPU that the streaming app beside it on the same cores needs.
+PACING_SLICE_S = 0.05
 
 
 class KeyPartitioner:
@@ -164,7 +168,7 @@ def send_records(
         for key, value in islice(records, count):
             if rate:
                 ahead = started + sent / rate - time.monotonic()
-                if ahead > 0:
+                if ahead >= PACING_SLICE_S:
                     time.sleep(ahead)
             send(key, value).add_errback(failed)
             sent += 1

@@ -6,6 +6,7 @@ from collections import defaultdict
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
+import ingestion.producer as producer_module
 from ingestion.producer import RecordSender, SendReport, file_records, make_producer, send_records
 from tests.kafka_helpers import consume_all
 
@@ -96,3 +97,21 @@ def test_runs_without_a_seed_never_repeat_event_ids_and_a_seed_reproduces(settin
     assert len(event_ids) == 800
     # the two unseeded runs share no id; the two runs with --seed 5 send the same 200 ids
     assert len(set(event_ids)) == 600
+
+
+def test_a_paced_producer_keeps_its_rate_sleeping_once_per_burst(broker, monkeypatch):
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    admin.create_topics([NewTopic("paced", 4, 1)])
+    admin.close()
+    sleeps = []
+    real_sleep = producer_module.time.sleep
+    monkeypatch.setattr(producer_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    producer = make_producer({"bootstrap_servers": broker.bootstrap_servers})
+    records = [(f"sensor-{n % 37}".encode(), f"value-{n}".encode()) for n in range(1500)]
+    report = send_records(producer, "paced", records, rate=3000, progress=None)
+    producer.close()
+    assert (report.sent, report.failed) == (1500, 0)
+    # never ahead of the rate by more than a burst, and one sleep per burst rather than per record
+    assert report.elapsed_s >= 1499 / 3000 - producer_module.PACING_SLICE_S
+    assert len(sleeps) <= 1500 / 3000 / producer_module.PACING_SLICE_S + 2
+    assert all(s >= producer_module.PACING_SLICE_S for s in sleeps)
