@@ -1,7 +1,9 @@
 """The producer's fast path delivers exactly what kafka-python's public send() would, in the same places."""
 
 import json
+import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -104,8 +106,14 @@ def test_a_paced_producer_keeps_its_rate_sleeping_once_per_burst(broker, monkeyp
     admin.create_topics([NewTopic("paced", 4, 1)])
     admin.close()
     sleeps = []
-    real_sleep = producer_module.time.sleep
-    monkeypatch.setattr(producer_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+
+    def recorded_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    # only the producer module's clock: kafka-python's threads keep the real `time.sleep`
+    clock = SimpleNamespace(monotonic=time.monotonic, sleep=recorded_sleep)
+    monkeypatch.setattr(producer_module, "time", clock)
     producer = make_producer({"bootstrap_servers": broker.bootstrap_servers})
     records = [(f"sensor-{n % 37}".encode(), f"value-{n}".encode()) for n in range(1500)]
     report = send_records(producer, "paced", records, rate=3000, progress=None)
