@@ -23,9 +23,9 @@ def prepare_environment() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
 
 
-def trigger(settings: Settings, once: bool) -> dict[str, object]:
-    """`DataStreamWriter.trigger` arguments: everything available now then stop, or every trigger_seconds."""
-    return {"availableNow": True} if once else {"processingTime": f"{settings.trigger_seconds} seconds"}
+def trigger(once: bool, seconds: float) -> dict[str, object]:
+    """`DataStreamWriter.trigger` arguments: everything available now then stop, or every `seconds`."""
+    return {"availableNow": True} if once else {"processingTime": f"{seconds} seconds"}
 
 
 # Batch jobs want throughput: the parallel collector recomputed the 10M-event bench day 7–13 s faster than

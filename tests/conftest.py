@@ -44,6 +44,7 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
             "topic_dead_letter": f"dead_letter_{suffix}",
             "topic_alerts": f"alerts_{suffix}",
             "trigger_seconds": 0.5,
+            "archive_trigger_seconds": 0.5,
         }
         values.update(overrides)
         settings = load_settings(**values)
@@ -63,7 +64,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAFLOW_")}
     for name in (
         "data_dir", "kafka_bootstrap_servers", "topic_iot", "topic_activity", "topic_dead_letter",
-        "topic_alerts", "trigger_seconds", "max_records_per_trigger", "topic_partitions",
+        "topic_alerts", "trigger_seconds", "archive_trigger_seconds", "max_records_per_trigger",
+        "topic_partitions",
     ):  # fmt: skip
         env[f"LAMBDAFLOW_{name.upper()}"] = str(getattr(settings, name))
     env["PYTHONPATH"] = str(ROOT)

@@ -130,7 +130,7 @@ def test_every_record_lands_once_with_every_fault_injected(spark, settings):
 
 
 def test_kill_9_mid_stream_then_restart_gives_the_same_exact_lake(make_settings):
-    settings = make_settings(max_records_per_trigger=1000, trigger_seconds=0.2)
+    settings = make_settings(max_records_per_trigger=1000, archive_trigger_seconds=0.2)
     env = settings_env(settings)
     produce = [*LAMBDAFLOW, "produce", "--count", "12000", "--rate", "1500", *FAULTS]
     producers = [

@@ -28,6 +28,7 @@ def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
         LAMBDAFLOW_DATA_DIR=str(tmp_path),
         LAMBDAFLOW_BROKER_PORT=str(free_port()),
         LAMBDAFLOW_TRIGGER_SECONDS="0.5",
+        LAMBDAFLOW_ARCHIVE_TRIGGER_SECONDS="0.5",
         LAMBDAFLOW_SERVE_PORT=str(free_port()),
         LAMBDAFLOW_AIRFLOW_PORT=str(free_port()),
         LAMBDAFLOW_AIRFLOW_PASSWORD="airflow-test-password",
