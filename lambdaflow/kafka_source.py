@@ -189,8 +189,13 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "fetch.wait.max.ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        **{_RDKAFKA_NAMES[name]: value for name, value in config.items()},
+        **rdkafka_client_config(config),
     }
+
+
+def rdkafka_client_config(config: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka settings from kafka-python ones (`client_config`, `Settings.kafka_client_config`)."""
+    return {_RDKAFKA_NAMES[name]: value for name, value in config.items() if value is not None}
 
 
 # Consumers reused across micro-batches within one Python worker (Spark reuses its Python workers).
