@@ -373,7 +373,9 @@ _ALERT_PRODUCERS: dict[str, Any] = {}
 ALERT_PUBLISH_TIMEOUT_S = 60.0
 
 
-def publish_alerts(settings: Settings, alerts: list[dict[str, Any]]) -> None:
+def publish_alerts(
+    settings: Settings, alerts: list[dict[str, Any]], timeout_s: float = ALERT_PUBLISH_TIMEOUT_S
+) -> None:
     """Send alert rows to the alerts topic, keyed by subject (sensor or session), as JSON, and wait until the
     broker has them all; a record it refused raises (the micro-batch then fails and is replayed). librdkafka,
     not kafka-python: sending a 100k-reading micro-batch's ~10k alerts took 0.5 s of the driver in
@@ -406,8 +408,13 @@ def publish_alerts(settings: Settings, alerts: list[dict[str, Any]]) -> None:
                 break
             except BufferError:  # the local queue is full: let librdkafka send some first
                 producer.poll(0.1)
-    unsent = producer.flush(ALERT_PUBLISH_TIMEOUT_S)
+    unsent = producer.flush(timeout_s)
     if failures or unsent:
-        reason = failures[0] if failures else f"{unsent} not acknowledged in time"
         lost = len(failures) + unsent
+        reason = failures[0] if failures else f"{unsent} not acknowledged in {timeout_s:g} s"
+        # the replay sends them all again: drop what is still queued rather than send it twice later, and
+        # the producer with it (a new one reconnects)
+        producer.purge()
+        producer.flush(0)
+        del _ALERT_PRODUCERS[key]
         raise RuntimeError(f"{lost} alerts not published to {settings.topic_alerts}: {reason}")
