@@ -1,13 +1,18 @@
-"""Merging partial aggregates (pure logic): windows combine column by column, sessions as intervals."""
+"""Merging partial aggregates: windows combine column by column, sessions as intervals (pure logic), and the
+speed sink's merge and write of sessions on a real SQLite store."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import datasketches
+from sqlalchemy import select
 
+from lambdaflow import store
+from lambdaflow.settings import load_settings
 from lambdaflow.views import HLL_LG_K, VIEWS
 from speed.increments import merge_sessions, merge_windows
+from speed.streams import merge_view, write_view
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 GAP_S = 1800
@@ -82,12 +87,6 @@ def test_window_partials_combine_sums_extremes_averages_and_distinct_counts():
 def test_sessions_replaced_under_a_new_start_leave_no_stale_rows_in_the_store(tmp_path):
     """The speed sink's merge and write on a real SQLite store: partials bridging two stored sessions make one
     row under the earliest start; the other stored rows of that id are gone, other ids untouched."""
-    from sqlalchemy import select
-
-    from lambdaflow import store
-    from lambdaflow.settings import load_settings
-    from speed.streams import merge_view, write_view
-
     settings = load_settings(data_dir=tmp_path, session_gap_seconds=GAP_S)
     engine = store.connect(settings.resolved_store_url, create=True)
     sessions = store.SPEED_TABLES["sessions"]
