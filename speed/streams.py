@@ -289,8 +289,9 @@ class ProgressRecorder(StreamingQueryListener):
 
     def _record(self, progress: Any) -> None:
         name = progress.name or str(progress.id)
-        log.debug("%s batch %d: %d rows, durations (ms) %s", name, progress.batchId, progress.numInputRows,
-                  progress.durationMs)  # fmt: skip
+        state = [(operator.numRowsTotal, operator.memoryUsedBytes) for operator in progress.stateOperators]
+        log.debug("%s batch %d: %d rows, durations (ms) %s, state (rows, bytes) %s", name, progress.batchId,
+                  progress.numInputRows, progress.durationMs, state)  # fmt: skip
         dropped = sum(operator.numRowsDroppedByWatermark for operator in progress.stateOperators)
         observed = (progress.observedMetrics or {}).get(INVALID_METRIC)
         invalid = (observed["invalid_rows"] if observed is not None else None) or 0
