@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+from confluent_kafka import Producer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
@@ -27,7 +29,7 @@ from sqlalchemy import select, tuple_
 
 from lambdaflow import store
 from lambdaflow.contracts import MODELS
-from lambdaflow.kafka_source import FORMAT
+from lambdaflow.kafka_source import FORMAT, rdkafka_client_config
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import trigger
@@ -383,11 +385,6 @@ def publish_alerts(
     kafka-python, 0.05 s here."""
     if not alerts:
         return
-    import orjson
-    from confluent_kafka import Producer
-
-    from lambdaflow.kafka_source import rdkafka_client_config
-
     key = settings.kafka_bootstrap_servers
     if key not in _ALERT_PRODUCERS:
         config = rdkafka_client_config(settings.kafka_client_config())
