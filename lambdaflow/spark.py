@@ -31,13 +31,18 @@ def trigger(once: bool, seconds: float) -> dict[str, object]:
 # Batch jobs want throughput: the parallel collector recomputed the 10M-event bench day 7–13 s faster than
 # the JVM's default G1 in paired runs (e.g. 91 s vs 105 s). On 2 cores the JIT compilers took ~80 of the
 # ~200 CPU-seconds of that recompute; compiling only methods 3x hotter than by default cut it to ~55 and the
-# recompute by ~7 s (paired runs: 93.7 vs 86.4 s, 86.8 vs 79.8 s). The streaming app keeps G1 for shorter
-# pauses and the default thresholds. Its threads get 16 MiB stacks (reserved, used only if needed): stopping a
-# query interrupts its foreachBatch, and Spark tells that from a failure with a backtracking regex over the
-# Python error's text (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the
-# query's thread with a StackOverflowError instead of stopping it.
+# recompute by ~7 s (paired runs: 93.7 vs 86.4 s, 86.8 vs 79.8 s).
+# The streaming app keeps G1 for shorter pauses and compiles with C1 only: at 5,000 events/s its C2 compiler
+# threads never caught up (0.4–0.6 of the 2 cores minutes into the run, ~12,800 compilations in 30 s, most of
+# them interim profiled tiers); with C1 alone they take 0.05. Its micro-batches got faster (IoT median 2.65
+# and 2.19 s → 1.76 and 1.95 s, two paired runs) and draining a backlog stayed at ~30k events/s. C1's code
+# heap is 48 MiB by default and had 41 MiB in use after two minutes: it gets C2's default reservation, 240M.
+# Its threads get 16 MiB stacks (reserved, used only if needed): stopping a query interrupts its foreachBatch,
+# and Spark tells that from a failure with a backtracking regex over the Python error's text
+# (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the query's thread with a
+# StackOverflowError instead of stopping it.
 THROUGHPUT_JVM = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
-LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m"
+LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
 
 def spark_session(
