@@ -36,7 +36,7 @@ def trigger(once: bool, seconds: float) -> dict[str, object]:
 # threads never caught up (0.4–0.6 of the 2 cores minutes into the run, ~12,800 compilations in 30 s, most of
 # them interim profiled tiers); with C1 alone they take 0.05. Its micro-batches got faster (IoT median 2.65
 # and 2.19 s → 1.76 and 1.95 s, two paired runs) and draining a backlog stayed at ~30k events/s. C1's code
-# heap is 48 MiB by default and had 41 MiB in use after two minutes: it gets C2's default reservation, 240M.
+# heap is 48 MiB by default; the app's code grew to 54 MiB in 5 minutes, then levelled off: it gets C2's 240M.
 # Its threads get 16 MiB stacks (reserved, used only if needed): stopping a query interrupts its foreachBatch,
 # and Spark tells that from a failure with a backtracking regex over the Python error's text
 # (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the query's thread with a
