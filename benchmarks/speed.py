@@ -36,18 +36,22 @@ from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
 from lambdaflow.lake import archiver_status_path
+from speed.streams import QUERY_PARTS
 
 RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
-SPEED_QUERIES = "sensor_stats,location_stats,activity_stats,sessions,alerts"
+SPEED_QUERIES = ",".join(part for parts in QUERY_PARTS.values() for part in parts)
 BACKLOG_PER_TOPIC = 500_000
 PER_TRIGGER = 100_000
 FRESHNESS_RATE = int(__import__("os").environ.get("BENCH_FRESHNESS_RATE", "5000"))  # the target's rate
 FRESHNESS_RATES = {"iot": FRESHNESS_RATE * 3 // 5, "activity": FRESHNESS_RATE * 2 // 5}
+# the app's command and, per query, a view whose first row says the query has processed data
+FRESHNESS_STREAM = ["stream"]
+FRESHNESS_VIEWS = ("sensor_stats", "activity_stats")
 IOT_ONLY = __import__("os").environ.get("BENCH_FRESHNESS_IOT_ONLY", "") not in ("", "0")
-if IOT_ONLY:
+if IOT_ONLY:  # no archiver, no activity query
     FRESHNESS_RATES = {"iot": FRESHNESS_RATES["iot"]}
-IOT_PARTS = "sensor_stats,location_stats,alerts"
-FRESHNESS_VIEWS = ("sensor_stats",) if IOT_ONLY else ("sensor_stats", "activity_stats")  # one per query
+    FRESHNESS_STREAM = ["stream", "--only", ",".join(QUERY_PARTS["iot_sensors"])]
+    FRESHNESS_VIEWS = ("sensor_stats",)
 FRESHNESS_WARMUP_S, FRESHNESS_MEASURE_S, PROBE_INTERVAL_S = 20.0, 45.0, 0.1
 WARM_UP_EVENTS = 3_000  # a topic, before the load
 
@@ -166,13 +170,13 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
     data_dir = work / f"fresh-{run}"
     env = _env(broker, data_dir, **_topics(f"bench_fresh_{run}"))
     subprocess_topics(env)
-    app = lambdaflow(["stream", "--only", IOT_PARTS] if IOT_ONLY else ["stream"], env, start_new_session=True)
+    app = lambdaflow(FRESHNESS_STREAM, env, start_new_session=True)
     producers = []
     try:
         store_url = f"sqlite:///{data_dir / 'serving.db'}"
         wait_for(lambda: (data_dir / "serving.db").exists(), 120, "the streaming application's store")
         # steady state, not start-up: every query has run a micro-batch of data before the load starts
-        queries = 1 if IOT_ONLY else 3  # with the archiver
+        queries = len(FRESHNESS_VIEWS) + (0 if IOT_ONLY else 1)  # and the archiver
         wait_for(lambda: _queries_reporting(store_url) >= queries, 180, "the queries' first batches")
         for kind in FRESHNESS_RATES:
             _produce(env, kind, WARM_UP_EVENTS)
