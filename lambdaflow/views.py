@@ -10,11 +10,39 @@ speed layer, which keeps every view incrementally (see `Increment`).
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+Built = TypeVar("Built")
+_BUILT: weakref.WeakKeyDictionary[SparkContext, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def built_once(build: Callable[..., Built]) -> Callable[..., Built]:
+    """`build`'s Columns, built once per SparkContext and arguments (hashable; the result must not be
+    mutated). PySpark builds a Column in Py4J round trips to the JVM, two or more per function call (~0.3 ms
+    each, ~0.9 ms on a busy machine), and the speed layer builds its views' DataFrames anew every
+    micro-batch; a Column is an unresolved expression, resolved by each DataFrame that uses it."""
+
+    @functools.wraps(build)
+    def cached(*args: Any) -> Built:
+        context = SparkContext._active_spark_context
+        if context is None:
+            return build(*args)
+        built = _BUILT.setdefault(context, {})
+        key = (build.__qualname__, *args)
+        if key not in built:
+            built[key] = build(*args)
+        return built[key]
+
+    return cached
+
 
 CATEGORICAL_COLUMNS = ("location", "browser", "page")
 KAFKA_ORDER = ("_topic", "_partition", "_offset")
@@ -120,19 +148,21 @@ def sensor_stats_partial(
     """Per window and sensor (`extra_sums`: more per-event values summed per row, e.g. the batch layer's
     late events, so that one aggregation serves them too)."""
     extra = dict(extra_sums or {})
-    return (
-        (events.withColumns(extra) if extra else events)
-        .groupBy(window_start(window_seconds).alias("window_start"), "sensor_id", "location")
-        .agg(
-            F.count(F.lit(1)).alias("events"),
-            F.sum("temperature").alias("temperature_sum"),
-            F.min("temperature").alias("temperature_min"),
-            F.max("temperature").alias("temperature_max"),
-            F.sum("humidity").alias("humidity_sum"),
-            F.sum("pressure").alias("pressure_sum"),
-            F.min("battery").alias("battery_min"),
-            *_sums(extra),
-        )
+    keys, aggregates = _sensor_stats_columns(window_seconds)
+    return (events.withColumns(extra) if extra else events).groupBy(*keys).agg(*aggregates, *_sums(extra))
+
+
+@built_once
+def _sensor_stats_columns(window_seconds: int) -> tuple[tuple[Column, ...], tuple[Column, ...]]:
+    keys = (window_start(window_seconds).alias("window_start"), F.col("sensor_id"), F.col("location"))
+    return keys, (
+        F.count(F.lit(1)).alias("events"),
+        F.sum("temperature").alias("temperature_sum"),
+        F.min("temperature").alias("temperature_min"),
+        F.max("temperature").alias("temperature_max"),
+        F.sum("humidity").alias("humidity_sum"),
+        F.sum("pressure").alias("pressure_sum"),
+        F.min("battery").alias("battery_min"),
     )
 
 
@@ -148,7 +178,13 @@ def sensor_stats_from_partial(per_sensor: DataFrame) -> DataFrame:
 
 
 def location_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(window_start(window_seconds).alias("window_start"), "location").agg(
+    keys, aggregates = _location_stats_columns(window_seconds)
+    return events.groupBy(*keys).agg(*aggregates)
+
+
+@built_once
+def _location_stats_columns(window_seconds: int) -> tuple[tuple[Column, ...], tuple[Column, ...]]:
+    return (window_start(window_seconds).alias("window_start"), F.col("location")), (
         F.count(F.lit(1)).alias("events"),
         _sketch("sensor_id").alias("sensors_sketch"),
         F.sum("temperature").alias("temperature_sum"),
@@ -176,7 +212,14 @@ def location_stats_from_partial(per_sensor: DataFrame) -> DataFrame:
 
 
 def activity_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
-    return events.groupBy(window_start(window_seconds).alias("window_start"), "event_type", "browser").agg(
+    keys, aggregates = _activity_stats_columns(window_seconds)
+    return events.groupBy(*keys).agg(*aggregates)
+
+
+@built_once
+def _activity_stats_columns(window_seconds: int) -> tuple[tuple[Column, ...], tuple[Column, ...]]:
+    keys = (window_start(window_seconds).alias("window_start"), F.col("event_type"), F.col("browser"))
+    return keys, (
         F.count(F.lit(1)).alias("events"),
         _sketch("user_id").alias("users_sketch"),
         F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
@@ -210,18 +253,24 @@ def activity_stats(
 
 def _session_columns(events: DataFrame, *more: Column) -> DataFrame:
     """Only what sessions aggregate, the event type already a purchase flag: narrower rows to shuffle."""
+    return events.select(*more, *_session_inputs())
+
+
+@built_once
+def _session_inputs() -> tuple[Column, ...]:
     purchase = F.when(F.col("event_type") == "purchase", 1).otherwise(0).alias("_purchase")
-    return events.select(*more, "session_id", "user_id", "ts", purchase, "amount")
+    return F.col("session_id"), F.col("user_id"), F.col("ts"), purchase, F.col("amount")
 
 
-def _session_aggregates() -> list[Column]:
-    return [
+@built_once
+def _session_aggregates() -> tuple[Column, ...]:
+    return (
         F.min("ts").alias("session_start"),
         F.max("ts").alias("session_end"),
         F.count(F.lit(1)).alias("events"),
         F.sum("_purchase").alias("purchases"),
         F.coalesce(F.sum("amount"), F.lit(0.0)).alias("revenue"),
-    ]
+    )
 
 
 def sessions(events: DataFrame, gap_seconds: int) -> DataFrame:
@@ -261,13 +310,18 @@ def sessions_partial(events: DataFrame, gap_seconds: int) -> DataFrame:
     """Partial sessions: a session's events within one gap-long bucket of time are always closer than the gap,
     so they are one piece of one session (a hash aggregate, cheaper than sorting into session windows); the
     merge joins the pieces closer than the gap."""
-    bucket = F.floor(F.unix_micros("ts") / F.lit(gap_seconds * 1_000_000))
     return (
         _session_columns(events)
-        .groupBy("session_id", "user_id", bucket.alias("_bucket"))
+        .groupBy(*_session_piece_keys(gap_seconds))
         .agg(*_session_aggregates())
         .drop("_bucket")
     )
+
+
+@built_once
+def _session_piece_keys(gap_seconds: int) -> tuple[Column, ...]:
+    bucket = F.floor(F.unix_micros("ts") / F.lit(gap_seconds * 1_000_000))
+    return F.col("session_id"), F.col("user_id"), bucket.alias("_bucket")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from pyspark.sql.streaming.listener import JStreamingQueryListener, QueryProgressEvent
@@ -33,7 +33,7 @@ from lambdaflow.kafka_source import FORMAT, rdkafka_client_config
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import trigger
-from lambdaflow.views import VIEWS, clean, dedupe_within_watermark
+from lambdaflow.views import VIEWS, built_once, clean, dedupe_within_watermark
 from speed.alerts import Alert, Baselines, Thresholds, reading_alerts, session_alerts
 from speed.increments import merge_sessions, merge_windows
 
@@ -348,7 +348,7 @@ def reading_alert_candidates(
     batch: DataFrame, thresholds: Thresholds, baselines: Baselines
 ) -> list[dict[str, Any]]:
     """The readings of a micro-batch that may break a rule (filtered in Spark; the rules decide)."""
-    breaking = (F.col("temperature") > thresholds.temperature_c) | (F.col("battery") < thresholds.battery_pct)
+    breaking = _threshold_breaking(thresholds.temperature_c, thresholds.battery_pct)
     rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
     if rows:  # anomalies: join the (small) baselines and keep readings beyond |z|
         frame = batch.sparkSession.createDataFrame(
@@ -359,7 +359,17 @@ def reading_alert_candidates(
         )
         z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
         breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
-    return batch.where(breaking).select(*READING_COLUMNS).toArrow().to_pylist()
+    return batch.where(breaking).select(*_reading_columns()).toArrow().to_pylist()
+
+
+@built_once
+def _threshold_breaking(temperature_c: float, battery_pct: float) -> Column:
+    return (F.col("temperature") > temperature_c) | (F.col("battery") < battery_pct)
+
+
+@built_once
+def _reading_columns() -> tuple[Column, ...]:
+    return tuple(F.col(name) for name in READING_COLUMNS)
 
 
 def new_alerts(connection: Any, alerts: list[Alert]) -> list[Alert]:

@@ -161,3 +161,18 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
     # gap: start+2gap-1us twice is a second session
     assert sessions["events"].tolist() == [3, 2]
     assert sessions["duration_s"].tolist() == [GAP_S, 0.0]
+
+
+def test_view_columns_are_built_once_per_session_and_arguments(spark):
+    """The speed layer rebuilds its views every micro-batch; their Columns are built once (`built_once`), and
+    the same Columns serve different DataFrames, each resolving them against its own rows."""
+    from lambdaflow.views import _sensor_stats_columns
+
+    assert _sensor_stats_columns(WINDOW_S) is _sensor_stats_columns(WINDOW_S)
+    assert _sensor_stats_columns(WINDOW_S) is not _sensor_stats_columns(2 * WINDOW_S)
+    events = list(islice(IotSimulator(seed=3).events(simulated_clock(START, 50)), 400))
+    first, second = (with_faults(half, seed=1) for half in (events[:150], events[150:]))
+    for frame in (first, second):
+        partial = VIEWS["sensor_stats"].increment.partial(spark.createDataFrame(frame), WINDOW_S).toPandas()
+        assert partial["events"].sum() == len(frame)
+        assert sorted(partial["sensor_id"].unique()) == sorted(frame["sensor_id"].unique())
