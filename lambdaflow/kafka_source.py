@@ -186,7 +186,9 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         # a start offset already deleted by retention resumes at the oldest record kept, never at the end
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
+        # Tansu answers nothing to a Fetch with max wait 0, and holds one for its whole max wait when part of
+        # what it asks for is not there yet: a short wait bounds that (at 50 ms, one read in 5 took ~80 ms)
+        "fetch.wait.max.ms": 10,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         **rdkafka_client_config(config),
@@ -202,55 +204,73 @@ def rdkafka_client_config(config: dict[str, Any]) -> dict[str, Any]:
 _WORKER_CONSUMERS: dict[tuple, Consumer] = {}
 
 
-def read_range(config: dict[str, Any], part: KafkaRange) -> Iterator[pa.RecordBatch]:
-    """Read offsets [start, end) of one partition as Arrow record batches.
+def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Iterator[pa.RecordBatch]:
+    """Read offsets [start, end) of each range (one per Kafka partition) as Arrow record batches.
 
-    Records are read with librdkafka (confluent-kafka: ~4 µs a record here, where kafka-python's decoding in
-    Python took ~13); the driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`)."""
+    All ranges are assigned at once, so one Fetch answers for every partition: reading them in turn waited a
+    Fetch round trip each, and Tansu holds a Fetch for its max wait (`fetch.wait.max.ms`) before answering —
+    a trickle over 4 partitions took ~220 ms a micro-batch to read, ~20 ms this way. Records are read with
+    librdkafka (confluent-kafka: ~4 µs a record here, where kafka-python's decoding in Python took ~13); the
+    driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`)."""
     cache_key = tuple(sorted(config.items()))
     consumer = _WORKER_CONSUMERS.get(cache_key)
     if consumer is None:
         consumer = _WORKER_CONSUMERS[cache_key] = Consumer(rdkafka_config(config))
-    consumer.assign([KafkaTopicPartition(part.topic, part.partition, part.start)])
+    pending = {(part.topic, part.partition): part for part in ranges if part.end > part.start}
+    position = {key: part.start for key, part in pending.items()}
     columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
+    consumer.assign([KafkaTopicPartition(*key, position[key]) for key in pending])
     deadline = time.monotonic() + READ_TIMEOUT_S
-    position = part.start
     try:
-        while position < part.end:
+        while pending:
             if time.monotonic() > deadline:
+                (topic, number), part = next(iter(pending.items()))
                 raise TimeoutError(
-                    f"reading {part.topic}:{part.partition} stalled at offset {position} of {part.end}"
+                    f"reading {topic}:{number} stalled at offset {position[topic, number]} of {part.end}"
                 )
-            messages = consumer.consume(num_messages=min(part.end - position, 50_000), timeout=0.2)
-            if not messages:  # past records that are not data (e.g. transaction markers) at the range's end
-                (at,) = consumer.position([KafkaTopicPartition(part.topic, part.partition)])
-                position = max(position, at.offset)
+            wanted = sum(part.end - position[key] for key, part in pending.items())
+            messages = consumer.consume(num_messages=min(wanted, 50_000), timeout=0.2)
+            if not messages:  # past records that are not data (e.g. transaction markers) at a range's end
+                for at in consumer.position([KafkaTopicPartition(*key) for key in pending]):
+                    key = (at.topic, at.partition)
+                    position[key] = max(position[key], at.offset)
             for message in messages:
                 if message.error() is not None:
                     raise KafkaException(message.error())
+                key = (message.topic(), message.partition())
+                part = pending.get(key)
                 offset = message.offset()
-                if offset >= part.end:
-                    position = part.end
-                    break
+                if part is None or offset >= part.end:  # prefetched past its range
+                    if part is not None:
+                        position[key] = part.end
+                    continue
+                columns["topic"].append(part.topic)
+                columns["partition"].append(part.partition)
                 columns["offset"].append(offset)
                 columns["timestamp"].append(message.timestamp()[1] * 1000)
                 columns["key"].append(message.key())
                 columns["value"].append(message.value())
-                position = offset + 1
+                position[key] = offset + 1
                 if len(columns["offset"]) >= ARROW_BATCH_ROWS:
-                    yield _batch(part, columns)
-    finally:
-        consumer.unassign()  # stop prefetching past the range
+                    yield _batch(columns)
+            finished = [key for key, part in pending.items() if position[key] >= part.end]
+            if finished:  # stop prefetching past those ranges
+                consumer.pause([KafkaTopicPartition(*key) for key in finished])
+                for key in finished:
+                    del pending[key]
+    finally:  # librdkafka keeps a partition's pause across assignments
+        assigned = [KafkaTopicPartition(part.topic, part.partition) for part in ranges]
+        consumer.resume(assigned)
+        consumer.unassign()
     if columns["offset"]:
-        yield _batch(part, columns)
+        yield _batch(columns)
 
 
-def _batch(part: KafkaRange, columns: dict[str, list]) -> pa.RecordBatch:
-    rows = len(columns["offset"])
+def _batch(columns: dict[str, list]) -> pa.RecordBatch:
     batch = pa.RecordBatch.from_arrays(
         [
-            pa.array([part.topic] * rows, pa.string()),
-            pa.array([part.partition] * rows, pa.int32()),
+            pa.array(columns["topic"], pa.string()),
+            pa.array(columns["partition"], pa.int32()),
             pa.array(columns["offset"], pa.int64()),
             pa.array(columns["timestamp"], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             pa.array(columns["key"], pa.binary()),
@@ -341,10 +361,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return list(ranges)
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        if isinstance(partition, KafkaRanges):
-            batches = (batch for part in partition.ranges for batch in read_range(self.config, part))
-        else:
-            batches = read_range(self.config, partition)  # type: ignore[arg-type]
+        ranges = partition.ranges if isinstance(partition, KafkaRanges) else (partition,)
+        batches = read_ranges(self.config, ranges)  # type: ignore[arg-type]
         return self.parse(batches) if self.parse else batches
 
     def commit(self, end: dict[str, int]) -> None:

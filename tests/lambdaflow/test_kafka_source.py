@@ -13,9 +13,10 @@ from lambdaflow.kafka_source import (
     client_config,
     limit_rows,
     rdkafka_config,
+    read_ranges,
     record_parser,
 )
-from tests.kafka_helpers import produce_values
+from tests.kafka_helpers import consume_all, produce_values
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,34 @@ def test_the_contract_option_validates_as_it_reads_and_names_a_bad_contract():
     assert (parse.contract, parse.max_future.total_seconds()) == ("iot_sensors", 60)
     with pytest.raises(ValueError, match=re.escape("option 'contract' must be one of")):
         record_parser({"contract": "iot"})
+
+
+def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(settings):
+    """One consumer per Python worker reads every range of a task at once, and then the next task's."""
+    topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
+    values = [f"record-{n}".encode() for n in range(800)]
+    produce_values(bootstrap, topic, values, [str(n % 11).encode() for n in range(800)])
+    truth = {(r.partition, r.offset): r.value for r in consume_all(bootstrap, topic, 800)}
+    ends = {p: 1 + max(offset for partition, offset in truth if partition == p) for p, _ in truth}
+    assert len(ends) == 4
+    config = client_config(settings.kafka_source_options())
+
+    def read(ranges):
+        rows = [row for batch in read_ranges(config, ranges) for row in batch.to_pylist()]
+        assert all(row["topic"] == topic for row in rows)
+        return {(row["partition"], row["offset"]): row["value"] for row in rows}
+
+    # the first halves (each partition's records go on past its range), then the second halves and an
+    # empty range, with the same consumer
+    first = tuple(KafkaRange(topic, p, 0, end // 2) for p, end in sorted(ends.items()))
+    second = (*(KafkaRange(topic, p, end // 2, end) for p, end in sorted(ends.items())),
+              KafkaRange(topic, 0, ends[0], ends[0]))  # fmt: skip
+    for ranges in (first, second, first):
+        expected = {
+            key: value for key, value in truth.items()
+            for part in ranges if key[0] == part.partition and part.start <= key[1] < part.end
+        }  # fmt: skip
+        assert read(ranges) == expected
 
 
 def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_path):
