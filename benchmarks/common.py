@@ -89,11 +89,23 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def lambdaflow(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "lambdaflow.cli", *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
-    )  # fmt: skip
+def lambdaflow(
+    args: list[str], env: dict[str, str], log: Path | None = None, **kwargs: object
+) -> subprocess.Popen:
+    """Start a lambdaflow command. Its output is piped, or with `log` appended to that file: a long-running
+    process whose pipe nobody reads blocks once it has written the pipe's 64 KiB."""
+    command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "lambdaflow.cli", *args]
+    if log is None:
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, **kwargs)  # fmt: skip
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as file:  # the child has its own copy of the descriptor
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=file, stderr=subprocess.STDOUT,
+                                text=True, **kwargs)  # fmt: skip
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
 def report(results: list[Result]) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 from sqlalchemy import select
 
-from benchmarks.common import PeakMemory, Result, lambdaflow, run_with_broker, wait_for
+from benchmarks.common import RESULTS, PeakMemory, Result, lambdaflow, log_tail, run_with_broker, wait_for
 from benchmarks.ingestion import _env, _produce, subprocess_topics
 from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker
@@ -166,11 +166,12 @@ def _warm(store_url: str, data_dir: Path) -> bool:
         engine.dispose()
 
 
-def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
+def _freshness_run(broker: EmbeddedBroker, work: Path, run: int, logs: Path) -> list[float]:
     data_dir = work / f"fresh-{run}"
     env = _env(broker, data_dir, **_topics(f"bench_fresh_{run}"))
     subprocess_topics(env)
-    app = lambdaflow(FRESHNESS_STREAM, env, start_new_session=True)
+    app_log = logs / f"freshness-{run + 1}-stream.log"
+    app = lambdaflow(FRESHNESS_STREAM, env, log=app_log, start_new_session=True)
     producers = []
     try:
         store_url = f"sqlite:///{data_dir / 'serving.db'}"
@@ -181,7 +182,8 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
         for kind in FRESHNESS_RATES:
             _produce(env, kind, WARM_UP_EVENTS)
         wait_for(lambda: _warm(store_url, data_dir), 240, "the first micro-batches with data")
-        producers = [lambdaflow(["produce", kind, "--rate", str(rate), "--duration", "600"], env)
+        producers = [lambdaflow(["produce", kind, "--rate", str(rate), "--duration", "600"], env,
+                                log=logs / f"freshness-{run + 1}-produce-{kind}.log")
                      for kind, rate in FRESHNESS_RATES.items()]  # fmt: skip
         sender = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks=1, linger_ms=0,
                                enable_idempotence=False)  # fmt: skip
@@ -199,7 +201,7 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
             time.sleep(10)  # let the last probes arrive
         sender.close()
         if app.poll() is not None:
-            raise RuntimeError(f"the streaming application exited: {app.communicate()[1][-3000:]}")
+            raise RuntimeError(f"the streaming application exited: {log_tail(app_log)}")
         missing = [s for s in sent if s not in watcher.seen]
         if missing:
             print(f"  {len(missing)} of {len(sent)} probes never reached the store (counted as infinite)",
@@ -210,16 +212,18 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int) -> list[float]:
             process.terminate()
         app.send_signal(signal.SIGINT)
         try:
-            app.communicate(timeout=60)
+            app.wait(timeout=60)
         except Exception:
             app.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
+    logs = RESULTS / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(f"  the streaming application's and producers' logs: {logs}", flush=True)
     p50s, p99s = [], []
     for run in range(RUNS):
-        latencies = sorted(_freshness_run(broker, work, run))
+        latencies = sorted(_freshness_run(broker, work, run, logs))
         p50s.append(statistics.median(latencies))
         p99s.append(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
         unseen = sum(latency == float("inf") for latency in latencies)
