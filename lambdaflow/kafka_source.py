@@ -253,14 +253,12 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                 position[key] = offset + 1
                 if len(columns["offset"]) >= ARROW_BATCH_ROWS:
                     yield _batch(columns)
-            finished = [key for key, part in pending.items() if position[key] >= part.end]
-            if finished:  # stop prefetching past those ranges
-                consumer.pause([KafkaTopicPartition(*key) for key in finished])
-                for key in finished:
-                    del pending[key]
-    finally:  # librdkafka keeps a partition's pause across assignments
-        assigned = [KafkaTopicPartition(part.topic, part.partition) for part in ranges]
-        consumer.resume(assigned)
+            # Finished ranges stay assigned, their prefetched records skipped. Not paused: librdkafka keeps a
+            # pause across assignments, and even resumed before unassigning, one later read stalled for good
+            # in a 12-minute run at 5,000 events/s.
+            for key in [key for key, part in pending.items() if position[key] >= part.end]:
+                del pending[key]
+    finally:
         consumer.unassign()
     if columns["offset"]:
         yield _batch(columns)
