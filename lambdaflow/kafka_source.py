@@ -53,7 +53,10 @@ ARROW_SCHEMA = pa.schema(
     ]
 )
 ARROW_BATCH_ROWS = 20_000
-READ_TIMEOUT_S = 120.0
+# A read fails when no record of its ranges arrives for this long. Not a limit on the whole read: Spark takes
+# each yielded batch in its own time (a JVM deep in garbage collection took minutes), and a whole-read limit
+# failed healthy reads then.
+READ_STALL_S = 120.0
 
 # kafka-python settings that may be passed as `kafka.<dotted.name>` options, with their types.
 _CLIENT_SETTINGS: dict[str, type] = {
@@ -186,9 +189,7 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         # a start offset already deleted by retention resumes at the oldest record kept, never at the end
         "auto.offset.reset": "earliest",
-        # Tansu answers nothing to a Fetch with max wait 0, and holds one for its whole max wait when part of
-        # what it asks for is not there yet: a short wait bounds that (at 50 ms, one read in 5 took ~80 ms)
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         **rdkafka_client_config(config),
@@ -220,7 +221,7 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
     position = {key: part.start for key, part in pending.items()}
     columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
     consumer.assign([KafkaTopicPartition(*key, position[key]) for key in pending])
-    deadline = time.monotonic() + READ_TIMEOUT_S
+    deadline = time.monotonic() + READ_STALL_S
     try:
         while pending:
             if time.monotonic() > deadline:
@@ -234,6 +235,8 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                 for at in consumer.position([KafkaTopicPartition(*key) for key in pending]):
                     key = (at.topic, at.partition)
                     position[key] = max(position[key], at.offset)
+            else:
+                deadline = time.monotonic() + READ_STALL_S
             for message in messages:
                 if message.error() is not None:
                     raise KafkaException(message.error())
@@ -253,6 +256,7 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                 position[key] = offset + 1
                 if len(columns["offset"]) >= ARROW_BATCH_ROWS:
                     yield _batch(columns)
+                    deadline = time.monotonic() + READ_STALL_S  # Spark took the batch in its own time
             # Finished ranges stay assigned, their prefetched records skipped. Not paused: librdkafka keeps a
             # pause across assignments, and even resumed before unassigning, one later read stalled for good
             # in a 12-minute run at 5,000 events/s.
