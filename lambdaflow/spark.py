@@ -107,11 +107,20 @@ def spark_session(
     return session
 
 
+STATE_STORES = {
+    "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+    "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
+}
+
+
 def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -> SparkSession:
-    """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` for
-    its stateful queries."""
+    """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` and
+    `stream_state_store` for its stateful queries."""
     streaming_config = {
         "spark.sql.shuffle.partitions": str(settings.stream_shuffle_partitions),
+        "spark.sql.streaming.stateStore.providerClass": STATE_STORES[settings.stream_state_store],
+        # RocksDB then checkpoints a micro-batch's changes, and snapshots the whole state in the background
+        "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
         # micro-batches are cached for the few jobs that read them: compressing them cost more than it saved
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # Every micro-batch builds its view DataFrames anew. With DataFrame debugging on (PySpark 4's
