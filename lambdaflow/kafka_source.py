@@ -53,9 +53,8 @@ ARROW_SCHEMA = pa.schema(
     ]
 )
 ARROW_BATCH_ROWS = 20_000
-# A read fails when no record of its ranges arrives for this long. Not a limit on the whole read: Spark takes
-# each yielded batch in its own time (a JVM deep in garbage collection took minutes), and a whole-read limit
-# failed healthy reads then.
+# A read fails when no record of its ranges arrives for this long, not when the whole read takes longer:
+# Spark takes each yielded batch in its own time, which a JVM deep in garbage collection stretches.
 READ_STALL_S = 120.0
 
 # kafka-python settings that may be passed as `kafka.<dotted.name>` options, with their types.
@@ -258,8 +257,7 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                     yield _batch(columns)
                     deadline = time.monotonic() + READ_STALL_S  # Spark took the batch in its own time
             # Finished ranges stay assigned, their prefetched records skipped. Not paused: librdkafka keeps a
-            # pause across assignments, and even resumed before unassigning, one later read stalled for good
-            # in a 12-minute run at 5,000 events/s.
+            # pause across assignments, so the worker's next read of that partition would wait for ever.
             for key in [key for key, part in pending.items() if position[key] >= part.end]:
                 del pending[key]
     finally:
