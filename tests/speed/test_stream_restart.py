@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from lambdaflow import store
+from lambdaflow.spark import STATE_STORES
 from tests import ground_truth
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli, settings_env
 from tests.kafka_helpers import consume_all
@@ -62,6 +63,12 @@ def test_kill_9_mid_stream_then_restart(make_settings, store_url):
         assert producer.wait(timeout=120) == 0
 
     run_cli(["stream", "--once", "--only", QUERIES], env)
+    # the dedupe state was in RocksDB (the default), which recovered from the kill
+    checkpoints = sorted(settings.checkpoint_dir.glob("speed_*"))
+    assert len(checkpoints) == 2, checkpoints
+    for checkpoint in checkpoints:
+        metadata = json.loads((checkpoint / "offsets" / "0").read_text().splitlines()[1])
+        assert metadata["conf"]["spark.sql.streaming.stateStore.providerClass"] == STATE_STORES["rocksdb"]
 
     for view, topic, contract in (
         ("sensor_stats", settings.topic_iot, "iot_sensors"),
