@@ -234,8 +234,13 @@ def _print_per_minute(latencies: dict[float, float]) -> None:
         minutes.setdefault(int((at - begin) // 60), []).append(latency)
     for minute, values in sorted(minutes.items()):
         values.sort()
-        print(f"    minute {minute + 1}: p50 {statistics.median(values):.2f} s, "
-              f"p99 {values[min(len(values) - 1, int(0.99 * len(values)))]:.2f} s", flush=True)  # fmt: skip
+        print(f"    minute {minute + 1}: p50 {statistics.median(values):.2f} s, p99 {_p99(values):.2f} s",
+              flush=True)  # fmt: skip
+
+
+def _p99(ordered: list[float]) -> float:
+    """The 99th percentile of sorted values (the nearest rank at or above it)."""
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
@@ -245,7 +250,7 @@ def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
     for run in range(RUNS):
         latencies = sorted(_freshness_run(broker, work, run, logs))
         p50s.append(statistics.median(latencies))
-        p99s.append(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
+        p99s.append(_p99(latencies))
         unseen = sum(latency == float("inf") for latency in latencies)
         print(f"  freshness run {run + 1}: p50 {p50s[-1]:.2f} s, p99 {p99s[-1]:.2f} s over "
               f"{len(latencies)} probes, {unseen} unseen", flush=True)  # fmt: skip
