@@ -241,10 +241,11 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                     raise KafkaException(message.error())
                 key = (message.topic(), message.partition())
                 part = pending.get(key)
+                if part is None:  # prefetched past a range finished earlier
+                    continue
                 offset = message.offset()
-                if part is None or offset >= part.end:  # prefetched past its range
-                    if part is not None:
-                        position[key] = part.end
+                if offset >= part.end:  # prefetched past its range
+                    position[key] = part.end
                     continue
                 columns["topic"].append(part.topic)
                 columns["partition"].append(part.partition)
