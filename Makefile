@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPARK_CLASSES := $(VENV)/spark-classes.jsa
+SPARK_JAR := $(VENV)/lambdaflow-spark.jar
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
@@ -12,7 +13,7 @@ export PYTHONPATH := $(abspath .)
 
 .PHONY: venv browser run test test-fast bench lint format lock compose-check clean
 
-venv: $(STAMP) $(SPARK_CLASSES)
+venv: $(STAMP) $(SPARK_JAR) $(SPARK_CLASSES)
 
 # uv resolves and installs the ~230 pinned packages in well under a minute; pip is only used to fetch uv.
 # Bytecode is compiled at install (~30 s): where PYTHONDONTWRITEBYTECODE is set (as on the CI machine), Python
@@ -25,9 +26,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# lambdaflow's own Spark classes (lambdaflow/java, ~2 s with the JDK's javac); sessions also compile them when stale.
+$(SPARK_JAR): $(STAMP) $(wildcard lambdaflow/java/*.java)
+	@$(BIN)/python -m lambdaflow.spark_jar $@ >/dev/null
+
 # A class-data-sharing archive of the classes Spark's driver loads (~1 min, once per install): every Spark
 # session then starts ~4 s sooner. Best effort: without it Spark starts as usual.
-$(SPARK_CLASSES): $(STAMP)
+$(SPARK_CLASSES): $(STAMP) $(SPARK_JAR)
 	@echo "writing the Spark class archive (once per install, ~1 min)"
 	@$(BIN)/python -m lambdaflow.spark_classes $@
 

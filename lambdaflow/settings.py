@@ -50,12 +50,6 @@ class Settings(BaseSettings):
     stream_shuffle_partitions: int = Field(1, ge=1)
     # the streaming application's JVM heap: its state is small, and 2g of heap made the JVM exceed 2 GiB
     stream_driver_memory: str = Field("1536m", pattern=r"^\d+[kmgt]$")
-    # Where the streaming queries keep their state (the event ids of the dedupe, up to the watermark's worth:
-    # ~3M at 5,000 events/s): "rocksdb" off the JVM heap; "hdfs", Spark's default, keeps every id on the heap
-    # and copies the whole map each micro-batch, and at 5,000 events/s the JVM collapsed in garbage
-    # collection after 8–9 minutes (two runs meant to last 12). Fixed in a query's checkpoint when it first
-    # starts.
-    stream_state_store: Literal["rocksdb", "hdfs"] = "rocksdb"
 
     window_seconds: int = Field(300, ge=1, le=86_400)
     watermark_seconds: int = Field(600, ge=0)

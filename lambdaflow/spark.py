@@ -10,6 +10,7 @@ from pyspark.sql import SparkSession
 
 from lambdaflow.settings import Settings
 from lambdaflow.spark_classes import archive_java_options
+from lambdaflow.spark_jar import spark_jar
 
 
 def prepare_environment() -> None:
@@ -29,6 +30,7 @@ def trigger(once: bool, seconds: float) -> dict[str, object]:
     return {"availableNow": True} if once else {"processingTime": f"{seconds} seconds"}
 
 
+ROCKSDB_STATE_STORE = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 FILE_SYSTEM_CHECKPOINTS = (
     "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
 )
@@ -95,6 +97,13 @@ def spark_session(
         .config("spark.sql.streaming.checkpointFileManagerClass", FILE_SYSTEM_CHECKPOINTS)
         .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"{derby_home} {jvm_tuning} {class_sharing}".strip())
+        .config("spark.jars", str(spark_jar()))  # lambdaflow's own Spark classes: the stream's dedupe
+        # Streaming state (the dedupe's event ids, a watermark's worth: ~3M at 5,000 events/s) is off the JVM
+        # heap in RocksDB, which the dedupe's transformWithState requires. Spark's default store kept every id
+        # on the heap, and the JVM collapsed in garbage collection after 8-9 minutes at 5,000 events/s (two
+        # runs). RocksDB checkpoints a micro-batch's changes and snapshots the whole state in the background.
+        .config("spark.sql.streaming.stateStore.providerClass", ROCKSDB_STATE_STORE)
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
     )
     for key, value in (config or {}).items():
         builder = builder.config(key, value)
@@ -107,20 +116,11 @@ def spark_session(
     return session
 
 
-STATE_STORES = {
-    "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-    "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
-}
-
-
 def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -> SparkSession:
-    """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` and
-    `stream_state_store` for its stateful queries."""
+    """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` for
+    its stateful queries."""
     streaming_config = {
         "spark.sql.shuffle.partitions": str(settings.stream_shuffle_partitions),
-        "spark.sql.streaming.stateStore.providerClass": STATE_STORES[settings.stream_state_store],
-        # RocksDB then checkpoints a micro-batch's changes, and snapshots the whole state in the background
-        "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
         # micro-batches are cached for the few jobs that read them: compressing them cost more than it saved
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # Every micro-batch builds its view DataFrames anew. With DataFrame debugging on (PySpark 4's

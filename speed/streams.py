@@ -67,7 +67,7 @@ def speed_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     events = valid_events(spark, settings, contract).withWatermark(
         "ts", f"{settings.watermark_seconds} seconds"
     )
-    return clean(dedupe_within_watermark(events))
+    return clean(dedupe_within_watermark(events, settings.watermark_seconds))
 
 
 ALERTS = "alerts"  # the reading alerts, kept by the IoT query (session alerts come with the sessions view)
@@ -82,11 +82,17 @@ def query_name(contract: str) -> str:
     return f"speed_{contract}"
 
 
+# The speed queries' checkpoints live under a directory named for their plan's version: Spark cannot resume
+# a checkpoint whose stateful operators changed, so a new plan starts new checkpoints (and rebuilds the views
+# from the topics' start) rather than failing on the old ones. v2: the dedupe is DedupeWithinWatermark.
+CHECKPOINTS = "speed-v2"
+
+
 def checkpoint_of(settings: Settings, contract: str, parts: tuple[str, ...]) -> Path:
     """A query's checkpoint; one that keeps only some of its topic's parts has its own (it will have merged
     different events)."""
     suffix = "" if set(parts) == set(QUERY_PARTS[contract]) else "-" + "+".join(sorted(parts))
-    return settings.checkpoint_dir / f"{query_name(contract)}{suffix}"
+    return settings.checkpoint_dir / CHECKPOINTS / f"{query_name(contract)}{suffix}"
 
 
 @dataclass

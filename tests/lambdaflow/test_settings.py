@@ -43,7 +43,6 @@ def test_environment_overrides(monkeypatch, tmp_path):
         ),
         ("LAMBDAFLOW_STORE_URL", "mysql://x", "LAMBDAFLOW_STORE_URL='mysql://x'"),
         ("LAMBDAFLOW_SPARK_DRIVER_MEMORY", "lots", "LAMBDAFLOW_SPARK_DRIVER_MEMORY='lots'"),
-        ("LAMBDAFLOW_STREAM_STATE_STORE", "memory", "LAMBDAFLOW_STREAM_STATE_STORE='memory'"),
         ("LAMBDAFLOW_KAFKA_SECURITY_PROTOCOL", "TLS", "LAMBDAFLOW_KAFKA_SECURITY_PROTOCOL='TLS'"),
     ],
 )

@@ -14,7 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from lambdaflow import store
-from lambdaflow.spark import STATE_STORES
+from lambdaflow.spark import ROCKSDB_STATE_STORE
+from speed.streams import CHECKPOINTS
 from tests import ground_truth
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli, settings_env
 from tests.kafka_helpers import consume_all
@@ -63,12 +64,12 @@ def test_kill_9_mid_stream_then_restart(make_settings, store_url):
         assert producer.wait(timeout=120) == 0
 
     run_cli(["stream", "--once", "--only", QUERIES], env)
-    # the dedupe state was in RocksDB (the default), which recovered from the kill
-    checkpoints = sorted(settings.checkpoint_dir.glob("speed_*"))
+    # the dedupe state was in RocksDB, which recovered from the kill
+    checkpoints = sorted((settings.checkpoint_dir / CHECKPOINTS).glob("speed_*"))
     assert len(checkpoints) == 2, checkpoints
     for checkpoint in checkpoints:
         metadata = json.loads((checkpoint / "offsets" / "0").read_text().splitlines()[1])
-        assert metadata["conf"]["spark.sql.streaming.stateStore.providerClass"] == STATE_STORES["rocksdb"]
+        assert metadata["conf"]["spark.sql.streaming.stateStore.providerClass"] == ROCKSDB_STATE_STORE
 
     for view, topic, contract in (
         ("sensor_stats", settings.topic_iot, "iot_sensors"),

@@ -157,6 +157,52 @@ def test_events_behind_the_watermark_are_dropped_and_counted(spark, settings, pr
     assert row["late_rows"] == 20 and row["invalid_rows"] == 0
 
 
+def _copies(values: list[bytes], moved_by: timedelta) -> list[bytes]:
+    """The same events (same ids) stamped `moved_by` later."""
+    copies = []
+    for value in values:
+        event = json.loads(value)
+        ts = datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=UTC) + moved_by
+        copies.append(json.dumps({**event, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")}).encode())
+    return copies
+
+
+def test_an_event_id_is_held_until_the_watermark_passes_its_time_plus_the_delay(spark, settings):
+    """Spark's dedupe-within-watermark rule, through the timer-expired state: ids seen at T (watermark 10 min)
+    are repeats at T+5 min, still held when the watermark reaches T+5 min, and count again once the watermark
+    passes T+10 min. One checkpoint, one run per stage."""
+    assert settings.watermark_seconds == 600
+    start = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    first = _readings(start, 20, 1.0)
+    stages = [
+        first,
+        _copies(first[:10], timedelta(minutes=5)),  # repeats: dropped
+        _readings(start + timedelta(minutes=15), 10, 1.0) + _copies(first[10:], timedelta(minutes=15)),
+        _readings(start + timedelta(minutes=21), 10, 1.0),  # the watermark passes T+10 min (+20 s)
+        _copies(first[:10], timedelta(minutes=22)),  # forgotten: they count again
+    ]
+    for values in stages:
+        produce_values(settings.kafka_bootstrap_servers, settings.topic_iot, values)
+        query = start_speed_query(spark, settings, "iot_sensors", ("sensor_stats",), once=True)
+        query.awaitTermination()
+        assert query.exception() is None
+
+    counted = [*stages[0], *stages[2][:10], *stages[3], *stages[4]]  # stage 2 and stage 3's copies: repeats
+    frame = pd.DataFrame([json.loads(value) for value in counted])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    compare(
+        store_frame(settings, "sensor_stats"), ground_truth.sensor_stats(clean_frame(frame)), "sensor_stats"
+    )
+
+
+def clean_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ground truth's cleaning without its dedupe (the events are distinct or meant to count twice)."""
+    numbers = range(len(frame))
+    return ground_truth.clean_events(
+        frame.assign(event_id=[str(i) for i in numbers], _partition=0, _offset=numbers)
+    )
+
+
 def test_a_restarted_query_adds_new_events_to_the_stored_aggregates(spark, settings):
     env = settings_env(settings)
     for _ in range(2):  # two producer runs, the query restarted from its checkpoint in between
