@@ -40,7 +40,7 @@ from lambdaflow.lake import (
 )
 from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
-from lambdaflow.spark import trigger
+from lambdaflow.spark import signalling_its_end, trigger
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def start_archiver(spark: SparkSession, settings: Settings, once: bool = False) 
     status = ArchiverStatus(status_path(settings))
     writer = (
         source.writeStream.queryName(QUERY_NAME)
-        .foreachBatch(archive_batch(settings, status))
+        .foreachBatch(signalling_its_end(QUERY_NAME, archive_batch(settings, status)))
         .option("checkpointLocation", str(settings.checkpoint_dir / QUERY_NAME))
     )
     return writer.trigger(**trigger(once, settings.archive_trigger_seconds)).start()

@@ -249,6 +249,8 @@ def run_until_stopped(queries: list[Any]) -> None:
     others. The signals only set a flag: a KeyboardInterrupt raised inside a py4j call broke the gateway's
     connection, and the queries could then not be stopped cleanly. Stopped queries resume from their
     checkpoints."""
+    from lambdaflow.spark import stop_between_micro_batches
+
     stopping = threading.Event()
     previous = {number: signal.signal(number, lambda *_: stopping.set()) for number in _STOP_SIGNALS}
     try:
@@ -265,7 +267,7 @@ def run_until_stopped(queries: list[Any]) -> None:
         log.info("stopping the streaming queries (%s); they resume from their checkpoints", names)
     for query in queries:
         if query.isActive:
-            query.stop()
+            stop_between_micro_batches(query)
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.settings import Settings
 from lambdaflow.spark_classes import archive_java_options
@@ -28,6 +31,57 @@ def prepare_environment() -> None:
 def trigger(once: bool, seconds: float) -> dict[str, object]:
     """`DataStreamWriter.trigger` arguments: everything available now then stop, or every `seconds`."""
     return {"availableNow": True} if once else {"processingTime": f"{seconds} seconds"}
+
+
+class _MicroBatchEnds:
+    """How many micro-batches of each query have run their foreachBatch function, for a stop to wait on."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def count(self, query: str) -> int:
+        with self._changed:
+            return self._counts.get(query, 0)
+
+    def ended(self, query: str) -> None:
+        with self._changed:
+            self._counts[query] = self._counts.get(query, 0) + 1
+            self._changed.notify_all()
+
+    def wait_past(self, query: str, count: int, timeout_s: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._counts.get(query, 0) > count, timeout_s)
+
+
+_MICRO_BATCH_ENDS = _MicroBatchEnds()
+
+
+def signalling_its_end(
+    query: str, function: Callable[[DataFrame, int], None]
+) -> Callable[[DataFrame, int], None]:
+    """A foreachBatch function that tells `stop_between_micro_batches` when a micro-batch's work ends."""
+
+    def run(batch: DataFrame, batch_id: int) -> None:
+        try:
+            function(batch, batch_id)
+        finally:
+            _MICRO_BATCH_ENDS.ended(query)
+
+    return run
+
+
+def stop_between_micro_batches(query: StreamingQuery, timeout_s: float = 60.0) -> None:
+    """Stop a query when it runs no tasks: when it waits for its next trigger, or just after a micro-batch's
+    foreachBatch function (`signalling_its_end`) returned. Stopping mid-batch cancels the batch's tasks (it is
+    replayed on restart either way), and a PySpark worker whose task is cancelled prints a traceback ("PySpark
+    daemon failed to flush the output"). A query that never pauses is stopped after `timeout_s` regardless."""
+    ended = _MICRO_BATCH_ENDS.count(query.name)
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and time.monotonic() < deadline:
+        if not query.status["isTriggerActive"] or _MICRO_BATCH_ENDS.wait_past(query.name, ended, 0.05):
+            break
+    query.stop()
 
 
 ROCKSDB_STATE_STORE = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"

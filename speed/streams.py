@@ -32,7 +32,7 @@ from lambdaflow.contracts import MODELS
 from lambdaflow.kafka_source import FORMAT, rdkafka_client_config
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
-from lambdaflow.spark import trigger
+from lambdaflow.spark import signalling_its_end, trigger
 from lambdaflow.views import VIEWS, built_once, clean, dedupe_within_watermark
 from speed.alerts import Alert, Baselines, Thresholds, reading_alerts, session_alerts
 from speed.increments import merge_sessions, merge_windows
@@ -239,7 +239,9 @@ def start_speed_query(
     writer = (
         speed_events(spark, settings, contract)
         .writeStream.queryName(query_name(contract))
-        .foreachBatch(SpeedSink(settings, contract, parts, checkpoint))
+        .foreachBatch(
+            signalling_its_end(query_name(contract), SpeedSink(settings, contract, parts, checkpoint))
+        )
         .option("checkpointLocation", str(checkpoint))
     )
     return writer.trigger(**trigger(once, settings.trigger_seconds)).start()
