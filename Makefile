@@ -32,7 +32,7 @@ $(SPARK_JAR): $(STAMP) $(wildcard lambdaflow/java/*.java)
 
 # A class-data-sharing archive of the classes Spark's driver loads (~1 min, once per install): every Spark
 # session then starts ~4 s sooner. Best effort: without it Spark starts as usual.
-$(SPARK_CLASSES): $(STAMP) $(SPARK_JAR)
+$(SPARK_CLASSES): $(STAMP)
 	@echo "writing the Spark class archive (once per install, ~1 min)"
 	@$(BIN)/python -m lambdaflow.spark_classes $@
 

@@ -1,4 +1,4 @@
-"""lambdaflow's own classes for Spark's JVM (`lambdaflow/java`), in a jar the streaming session loads.
+"""lambdaflow's own classes for Spark's JVM (`lambdaflow/java`), in a jar every session loads.
 
 Spark's Python API cannot run a stateful operator's per-key logic in the JVM; the speed layer's dedupe
 (`DedupeWithinWatermark.java`) is one, so it is Java. The jar is compiled against the installed PySpark's
@@ -52,10 +52,8 @@ def spark_jar(jar: Path = JAR, force: bool = False) -> Path:
 
 def _javac() -> str:
     java_home = os.environ.get("JAVA_HOME")
-    candidates = [Path(java_home) / "bin" / "javac"] if java_home else []
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
+    if java_home and (Path(java_home) / "bin" / "javac").is_file():
+        return str(Path(java_home) / "bin" / "javac")
     found = shutil.which("javac")
     if found is None:
         raise RuntimeError(f"compiling {SOURCES} needs a JDK 17+: no javac in JAVA_HOME or on PATH")

@@ -109,15 +109,15 @@ def _shared_coordinates(copies: DataFrame) -> bool:
 REPEATED_IDS_BROADCAST_LIMIT = 2_000_000
 
 
-def dedupe_within_watermark(events: DataFrame, delay_seconds: int) -> DataFrame:
-    """Drop repeated `event_id`s seen within the watermark of `delay_seconds` (the stream must have it, on
-    `ts`), as Spark's `dropDuplicatesWithinWatermark` does, but with state that expires by event-time timer
-    (`lambdaflow/java/DedupeWithinWatermark.java`): Spark's operator reads every id it holds on every
-    micro-batch, which at 5,000 events/s made micro-batches ~2x slower within 10 minutes. Needs the streaming
-    session (`lambdaflow.spark.streaming_session`), which loads the class and keeps state in RocksDB."""
+def dedupe_within_watermark(events: DataFrame) -> DataFrame:
+    """Drop repeated `event_id`s seen within the watermark (the stream must have one, on `ts`), as Spark's
+    `dropDuplicatesWithinWatermark` does, but with state that expires by event-time timer
+    (`lambdaflow/java/DedupeWithinWatermark.java`, which takes the delay from the watermark): Spark's operator
+    reads every id it holds on every micro-batch, which at 5,000 events/s made micro-batches ~2x slower
+    within 10 minutes. Every session from `lambdaflow.spark` loads the class and keeps state in RocksDB."""
     spark = events.sparkSession
     dedupe = spark._jvm.lambdaflow.DedupeWithinWatermark
-    return DataFrame(dedupe.apply(events._jdf, "event_id", "ts", delay_seconds * 1000), spark)
+    return DataFrame(dedupe.apply(events._jdf, "event_id", "ts"), spark)
 
 
 def window_start(window_seconds: int) -> Column:

@@ -67,7 +67,7 @@ def speed_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     events = valid_events(spark, settings, contract).withWatermark(
         "ts", f"{settings.watermark_seconds} seconds"
     )
-    return clean(dedupe_within_watermark(events, settings.watermark_seconds))
+    return clean(dedupe_within_watermark(events))
 
 
 ALERTS = "alerts"  # the reading alerts, kept by the IoT query (session alerts come with the sessions view)

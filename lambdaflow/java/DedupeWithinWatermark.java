@@ -7,6 +7,7 @@ import java.util.Collections;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
+import org.apache.spark.sql.catalyst.plans.logical.EventTimeWatermark;
 import org.apache.spark.sql.functions;
 import org.apache.spark.sql.streaming.ExpiredTimerInfo;
 import org.apache.spark.sql.streaming.OutputMode;
@@ -15,6 +16,7 @@ import org.apache.spark.sql.streaming.TTLConfig;
 import org.apache.spark.sql.streaming.TimeMode;
 import org.apache.spark.sql.streaming.TimerValues;
 import org.apache.spark.sql.streaming.ValueState;
+import org.apache.spark.sql.types.Metadata;
 import org.apache.spark.sql.types.StructType;
 import scala.collection.Iterator;
 import scala.jdk.javaapi.CollectionConverters;
@@ -37,22 +39,25 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
   private final long delayMs;
   private transient ValueState<Long> expiresAt;
 
-  private DedupeWithinWatermark(StructType schema, String timeColumn, long delayMs) {
+  private DedupeWithinWatermark(StructType schema, String timeColumn) {
     this.timeIndex = schema.fieldIndex(timeColumn);
     this.partitionIndex = indexOrMinusOne(schema, "_partition");
     this.offsetIndex = indexOrMinusOne(schema, "_offset");
-    this.delayMs = delayMs;
+    Metadata time = schema.apply(timeColumn).metadata();
+    if (!time.contains(EventTimeWatermark.delayKey())) {
+      throw new IllegalArgumentException("the events have no watermark on " + timeColumn);
+    }
+    this.delayMs = time.getLong(EventTimeWatermark.delayKey()); // the delay of the stream's watermark
   }
 
-  /** The events without repeated ids within the watermark (the events must have one, on timeColumn). */
-  public static Dataset<Row> apply(
-      Dataset<Row> events, String idColumn, String timeColumn, long delayMs) {
+  /** The events without repeated ids within their watermark, which must be on timeColumn. */
+  public static Dataset<Row> apply(Dataset<Row> events, String idColumn, String timeColumn) {
     StructType schema = events.schema();
     return events
         .groupBy(functions.col(idColumn))
         .as(Encoders.STRING(), Encoders.row(schema))
         .transformWithState(
-            new DedupeWithinWatermark(schema, timeColumn, delayMs),
+            new DedupeWithinWatermark(schema, timeColumn),
             TimeMode.EventTime(),
             OutputMode.Append(),
             Encoders.row(schema));
