@@ -7,6 +7,7 @@ import pytest
 from lambdaflow.kafka_source import (
     FORMAT,
     SMALL_BATCH_ROWS,
+    EndOffsetProbe,
     KafkaRange,
     KafkaRanges,
     KafkaStreamReader,
@@ -115,6 +116,28 @@ def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(s
             for part in ranges if key[0] == part.partition and part.start <= key[1] < part.end
         }  # fmt: skip
         assert read(ranges) == expected
+
+
+def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were_batched(settings):
+    """The probe's ends are exact: not the start of the last record batch + 1 (Tansu's ListOffsets), and
+    0 for a partition with no records."""
+    topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
+    probe = EndOffsetProbe(client_config(settings.kafka_source_options()))
+    partitions = probe.partitions([topic])
+    try:
+        assert probe.end_offsets(partitions) == {tp: 0 for tp in partitions}
+        produced = 0
+        for count in (500, 37):  # several records a batch (linger), then a few more
+            values = [f"record-{produced + n}".encode() for n in range(count)]
+            produce_values(bootstrap, topic, values, [b"one-key-only"] * count if produced else None)
+            produced += count
+            truth = consume_all(bootstrap, topic, produced)
+            ends = {tp: 0 for tp in partitions}
+            for record in truth:
+                ends[next(tp for tp in partitions if tp.partition == record.partition)] += 1
+            assert probe.end_offsets(partitions) == ends
+    finally:
+        probe.close()
 
 
 def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_path):
