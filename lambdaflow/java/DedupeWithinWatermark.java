@@ -12,10 +12,8 @@ import org.apache.spark.sql.functions;
 import org.apache.spark.sql.streaming.ExpiredTimerInfo;
 import org.apache.spark.sql.streaming.OutputMode;
 import org.apache.spark.sql.streaming.StatefulProcessor;
-import org.apache.spark.sql.streaming.TTLConfig;
 import org.apache.spark.sql.streaming.TimeMode;
 import org.apache.spark.sql.streaming.TimerValues;
-import org.apache.spark.sql.streaming.ValueState;
 import org.apache.spark.sql.types.Metadata;
 import org.apache.spark.sql.types.StructType;
 import scala.collection.Iterator;
@@ -27,17 +25,17 @@ import scala.jdk.javaapi.CollectionConverters;
  * <p>Spark's own operator finds the ids to forget by reading every id it holds, on every micro-batch
  * (~0.45 us an id with RocksDB: ~1 s a micro-batch at 5,000 events/s and a 10-minute watermark). Here each
  * id registers a timer at its expiry, and Spark finds the expired ones by a range scan of its timer index,
- * so a micro-batch costs what it adds and what expires. The semantics are Spark's: an id is held until the
- * watermark passes its first copy's event time plus the delay, and a copy seen after that counts again;
- * rows behind the watermark are dropped (and counted as such by Spark). Of an id's copies in one
- * micro-batch, the one with the lowest Kafka coordinates (the first received) is kept.
+ * so a micro-batch costs what it adds and what expires. The timer is the only state: an id is held while
+ * its timer exists, and Spark deleting the timer when it fires forgets the id. The semantics are Spark's:
+ * an id is held until the watermark passes its first copy's event time plus the delay, and a copy seen
+ * after that counts again; rows behind the watermark are dropped (and counted as such by Spark). Of an
+ * id's copies in one micro-batch, the one with the lowest Kafka coordinates (the first received) is kept.
  */
 public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, Row> {
   private final int timeIndex;
   private final int partitionIndex;
   private final int offsetIndex;
   private final long delayMs;
-  private transient ValueState<Long> expiresAt;
 
   private DedupeWithinWatermark(StructType schema, String timeColumn) {
     this.timeIndex = schema.fieldIndex(timeColumn);
@@ -64,19 +62,17 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
   }
 
   @Override
-  public void init(OutputMode outputMode, TimeMode timeMode) {
-    expiresAt = getHandle().getValueState("expires_at", Encoders.LONG(), TTLConfig.NONE());
-  }
+  public void init(OutputMode outputMode, TimeMode timeMode) {}
 
   @Override
   public Iterator<Row> handleInputRows(String id, Iterator<Row> rows, TimerValues timerValues) {
-    if (expiresAt.exists()) {
-      long expiry = expiresAt.get();
-      if (expiry > timerValues.getCurrentWatermarkInMs()) {
+    long held = heldUntil();
+    if (held >= 0) {
+      if (held > timerValues.getCurrentWatermarkInMs()) {
         return empty(); // a repeat within the watermark
       }
       // held past its expiry only because this micro-batch's timers run after its rows: forget it now
-      getHandle().deleteTimer(expiry);
+      getHandle().deleteTimer(held);
     }
     Row first = rows.next();
     while (rows.hasNext()) {
@@ -85,17 +81,25 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
         first = copy;
       }
     }
-    long expiry = epochMillis(first.get(timeIndex)) + delayMs;
-    expiresAt.update(expiry);
-    getHandle().registerTimer(expiry);
+    getHandle().registerTimer(epochMillis(first.get(timeIndex)) + delayMs);
     return CollectionConverters.asScala(Collections.singletonList(first).iterator());
   }
 
   @Override
   public Iterator<Row> handleExpiredTimer(
       String id, TimerValues timerValues, ExpiredTimerInfo expiredTimerInfo) {
-    expiresAt.clear();
-    return empty();
+    return empty(); // Spark deletes the timer, and with it the id
+  }
+
+  /** The expiry of the id's timer, or -1 when the id is not held. Reads the timers to the end, which closes
+   * the state store's iterator. */
+  private long heldUntil() {
+    long held = -1;
+    Iterator<Object> timers = getHandle().listTimers();
+    while (timers.hasNext()) {
+      held = ((Number) timers.next()).longValue();
+    }
+    return held;
   }
 
   private boolean receivedBefore(Row a, Row b) {
