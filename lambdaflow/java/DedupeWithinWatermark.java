@@ -36,6 +36,7 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
   private final int partitionIndex;
   private final int offsetIndex;
   private final long delayMs;
+  private static final long NOT_HELD = Long.MIN_VALUE; // below any watermark
 
   private DedupeWithinWatermark(StructType schema, String timeColumn) {
     this.timeIndex = schema.fieldIndex(timeColumn);
@@ -67,10 +68,10 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
   @Override
   public Iterator<Row> handleInputRows(String id, Iterator<Row> rows, TimerValues timerValues) {
     long held = heldUntil();
-    if (held >= 0) {
-      if (held > timerValues.getCurrentWatermarkInMs()) {
-        return empty(); // a repeat within the watermark
-      }
+    if (held > timerValues.getCurrentWatermarkInMs()) {
+      return empty(); // a repeat within the watermark
+    }
+    if (held != NOT_HELD) {
       // held past its expiry only because this micro-batch's timers run after its rows: forget it now
       getHandle().deleteTimer(held);
     }
@@ -91,10 +92,10 @@ public final class DedupeWithinWatermark extends StatefulProcessor<String, Row, 
     return empty(); // Spark deletes the timer, and with it the id
   }
 
-  /** The expiry of the id's timer, or -1 when the id is not held. Reads the timers to the end, which closes
-   * the state store's iterator. */
+  /** The expiry of the id's timer, or NOT_HELD. Reads the timers to the end, which closes the state store's
+   * iterator. */
   private long heldUntil() {
-    long held = -1;
+    long held = NOT_HELD;
     Iterator<Object> timers = getHandle().listTimers();
     while (timers.hasNext()) {
       held = ((Number) timers.next()).longValue();
