@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from kafka import TopicPartition
 
 from lambdaflow.kafka_source import (
     FORMAT,
@@ -134,7 +135,7 @@ def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were
             truth = consume_all(bootstrap, topic, produced)
             ends = {tp: 0 for tp in partitions}
             for record in truth:
-                ends[next(tp for tp in partitions if tp.partition == record.partition)] += 1
+                ends[TopicPartition(topic, record.partition)] += 1
             assert probe.end_offsets(partitions) == ends
     finally:
         probe.close()
