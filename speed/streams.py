@@ -85,8 +85,8 @@ def query_name(contract: str) -> str:
 # The speed queries' checkpoints live under a directory named for their plan's version: Spark cannot resume
 # a checkpoint whose stateful operators changed, so a new plan starts new checkpoints (and rebuilds the views
 # from the topics' start) rather than failing on the old ones. v2: the dedupe is DedupeWithinWatermark; v3: it
-# keeps only its timers, no value state.
-CHECKPOINTS = "speed-v3"
+# keeps only its timers, no value state; v4: its state is a map of ids per hash group, scanned by timer.
+CHECKPOINTS = "speed-v4"
 
 
 def checkpoint_of(settings: Settings, contract: str, parts: tuple[str, ...]) -> Path:
