@@ -195,6 +195,37 @@ def test_an_event_id_is_held_until_the_watermark_passes_its_time_plus_the_delay(
     )
 
 
+def test_the_dedupe_state_holds_exactly_the_ids_not_yet_expired(spark, settings):
+    """Read back from the checkpoint (Spark's state data source): after the watermark passes T+10 min and
+    the micro-batch after that runs the scans due, the ids seen at T are gone and every later id is held
+    with its expiry, its event time plus the 10-minute delay."""
+    start = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    stages = [
+        _readings(start, 40, 1.0),
+        _readings(start + timedelta(minutes=30), 20, 1.0),  # the watermark moves to T+20 min
+        _readings(start + timedelta(minutes=31), 20, 1.0),  # its micro-batch runs the scans due by T+20 min
+    ]
+    for values in stages:
+        produce_values(settings.kafka_bootstrap_servers, settings.topic_iot, values)
+        query = start_speed_query(spark, settings, "iot_sensors", ("sensor_stats",), once=True)
+        query.awaitTermination()
+        assert query.exception() is None
+
+    state = (
+        spark.read.format("statestore")
+        .option("stateVarName", "expiry_of_id")
+        .load(str(checkpoint_of(settings, "iot_sensors", ("sensor_stats",))))
+        .selectExpr("user_map_key.value AS event_id", "user_map_value.value AS expiry_ms")
+        .toPandas()
+    )
+    expected = {}
+    for value in [*stages[1], *stages[2]]:
+        event = json.loads(value)
+        ts = datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=UTC)
+        expected[event["event_id"]] = int((ts + timedelta(minutes=10)).timestamp() * 1000)
+    assert dict(zip(state["event_id"], state["expiry_ms"], strict=True)) == expected
+
+
 def clean_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The ground truth's cleaning without its dedupe (the events are distinct or meant to count twice)."""
     numbers = range(len(frame))
