@@ -78,14 +78,17 @@ def test_recomputed_day_equals_ground_truth_and_publishing_is_idempotent(spark, 
         "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors"),
         "user_activity": topic_events(settings, settings.topic_activity, "user_activity"),
     }
+
+    def late(frame: pd.DataFrame) -> pd.Series:
+        """Events that reached Kafka more than the watermark after their time."""
+        return (frame["_kafka_ts"] - frame["ts"]) > timedelta(seconds=settings.watermark_seconds)
+
     iot = frames["iot_sensors"]
-    late = (iot["_kafka_ts"] - iot["ts"]) > timedelta(seconds=settings.watermark_seconds)
     # the day the late events fall on: the events' own day, but in the ~40 minutes after midnight UTC the late
     # ones (10-40 minutes behind) are the day before, alone
-    day = iot["ts"][late].dt.date.mode()[0]
+    day = iot["ts"][late(iot)].dt.date.mode()[0]
     events = {c: ground_truth.clean_events(f[f["ts"].dt.date == day]) for c, f in frames.items()}
-    late_counts = {c: int(((e["_kafka_ts"] - e["ts"]) > timedelta(seconds=settings.watermark_seconds)).sum())
-                   for c, e in events.items()}  # fmt: skip
+    late_counts = {c: int(late(e).sum()) for c, e in events.items()}
     assert late_counts["iot_sensors"] > 0, "no late event in the sample: the late_events check proves nothing"
 
     engine = store.connect(settings.resolved_store_url)
@@ -105,8 +108,7 @@ def test_recomputed_day_equals_ground_truth_and_publishing_is_idempotent(spark, 
         assert_same(store_rows(engine, store.BATCH_TABLES[name]), truth, list(view.keys))
 
     late_truth = pd.concat([
-        e.assign(late=(e["_kafka_ts"] - e["ts"]) > timedelta(seconds=settings.watermark_seconds),
-                 topic=topic)
+        e.assign(late=late(e), topic=topic)
         .groupby(["window_start", "topic"], as_index=False)
         .agg(events=("event_id", "size"), late_events=("late", "sum"))
         for e, topic in ((events["iot_sensors"], settings.topic_iot),

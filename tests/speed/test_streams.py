@@ -19,7 +19,7 @@ from speed.streams import ProgressRecorder, checkpoint_of, query_name, start_spe
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all, produce_values
-from tests.oracle import is_valid
+from tests.oracle import is_valid, parse_ts
 
 pytestmark = pytest.mark.integration
 FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"]
@@ -221,8 +221,7 @@ def test_the_dedupe_state_holds_exactly_the_ids_not_yet_expired(spark, settings)
     expected = {}
     for value in [*stages[1], *stages[2]]:
         event = json.loads(value)
-        ts = datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=UTC)
-        expected[event["event_id"]] = int((ts + timedelta(minutes=10)).timestamp() * 1000)
+        expected[event["event_id"]] = int((parse_ts(event["ts"]) + timedelta(minutes=10)).timestamp() * 1000)
     assert dict(zip(state["event_id"], state["expiry_ms"], strict=True)) == expected
 
 
