@@ -1,11 +1,11 @@
 """The serving store: upserts are idempotent, alerts are never duplicated, timestamps are naive UTC."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
 
-from lambdaflow.store import SPEED_TABLES, alerts, connect, insert_new, metadata, upsert
+from lambdaflow.store import SPEED_TABLES, alerts, connect, insert_new, metadata, quality_runs, upsert
 
 WINDOW = datetime(2026, 11, 22, 12, 5, tzinfo=UTC)
 
@@ -62,3 +62,25 @@ def test_sqlite_store_uses_wal(engine):
         pytest.skip("a SQLite setting")
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_sqlite_rows_are_stored_as_sqlalchemy_itself_stores_them(tmp_path):
+    """The store hands SQLite its values directly (faster than SQLAlchemy's per-row processing): the bytes
+    stored must be the ones SQLAlchemy's own types store, or lookups by time would miss."""
+    location = row(3, 25.0) | {"temperature_sum": 60.0, "sensors_sketch": b"\x00\x01"}
+    alert = {"alert_id": "a1", "rule": "battery_low", "ts": WINDOW + timedelta(microseconds=7),
+             "subject": "s1", "value": 19.5, "threshold": 20.0, "event": "{}",
+             "created_at": datetime(2026, 11, 22, 12, 5)}  # fmt: skip
+    run = {"day": date(2026, 11, 22), "suite": "iot", "success": True, "statistics": "{}", "failed": "[]",
+           "link": None, "run_at": WINDOW.astimezone(timezone(timedelta(hours=2)))}  # fmt: skip
+    ours = connect(f"sqlite:///{tmp_path / 'ours.db'}")
+    theirs = connect(f"sqlite:///{tmp_path / 'theirs.db'}")
+    for table, values in ((SPEED_TABLES["location_stats"], location), (alerts, alert), (quality_runs, run)):
+        insert_new(ours, table, [values])
+        naive = {k: v.astimezone(UTC).replace(tzinfo=None) if getattr(v, "tzinfo", None) else v
+                 for k, v in values.items()}  # fmt: skip
+        with theirs.begin() as connection:
+            connection.execute(table.insert(), [naive])
+        raw = f"SELECT * FROM {table.name}"  # the stored values, not SQLAlchemy's reading of them
+        with ours.connect() as mine, theirs.connect() as reference:
+            assert mine.exec_driver_sql(raw).all() == reference.exec_driver_sql(raw).all()
