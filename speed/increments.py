@@ -7,9 +7,9 @@ column and derive their averages and distinct counts; sessions merge as interval
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import datasketches
@@ -21,7 +21,9 @@ Row = dict[str, Any]
 
 def aware(moment: datetime) -> datetime:
     """Stored times are naive UTC; Spark's are aware."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
 def _union(sketches: Iterable[bytes]) -> datasketches.hll_sketch:
@@ -72,32 +74,30 @@ def _key(row: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
 
 def merge_sessions(stored: Iterable[Mapping[str, Any]], new: Iterable[Row], gap_s: float) -> list[Row]:
     """Every session of the `session_id`s in `new`: stored and new partial sessions merged per
-    (session_id, user_id)."""
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    (session_id, user_id). A part joins the session before it when it starts less than the gap after that
+    session's end; the merged rows' times are aware UTC."""
     new = list(new)
     touched = {row["session_id"] for row in new}
-    for row in [*stored, *new]:
-        pair = (row["session_id"], row["user_id"])
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in chain(stored, new):
         if row["session_id"] in touched:
-            start, end = aware(row["session_start"]), aware(row["session_end"])
-            groups[pair].append({**row, "session_start": start, "session_end": end})
-    merged = []
+            groups.setdefault((row["session_id"], row["user_id"]), []).append(row)
+    gap = timedelta(seconds=gap_s)
+    merged: list[Row] = []
     for parts in groups.values():
-        parts.sort(key=lambda part: part["session_start"])
-        current = parts[0]
-        for part in parts[1:]:
-            if (part["session_start"] - current["session_end"]).total_seconds() < gap_s:
-                current = {
-                    **current,
-                    "session_end": max(current["session_end"], part["session_end"]),
-                    "events": current["events"] + part["events"],
-                    "purchases": current["purchases"] + part["purchases"],
-                    "revenue": current["revenue"] + part["revenue"],
-                }
+        if len(parts) > 1:
+            parts.sort(key=lambda part: aware(part["session_start"]))
+        current: Row | None = None
+        for part in parts:
+            start, end = aware(part["session_start"]), aware(part["session_end"])
+            if current is not None and start - current["session_end"] < gap:
+                current["session_end"] = max(current["session_end"], end)
+                current["events"] += part["events"]
+                current["purchases"] += part["purchases"]
+                current["revenue"] += part["revenue"]
             else:
+                current = {**part, "session_start": start, "session_end": end}
                 merged.append(current)
-                current = part
-        merged.append(current)
     for session in merged:
         session["duration_s"] = (session["session_end"] - session["session_start"]).total_seconds()
     return merged
