@@ -2,8 +2,9 @@
 
 Spark's Python API cannot run a stateful operator's per-key logic in the JVM; the speed layer's dedupe
 (`DedupeWithinWatermark.java`) is one, so it is Java. The jar is compiled against the installed PySpark's
-jars (`make venv` does it; a session compiles it first when it is missing or older than a source, ~2 s) and
-lives in the virtualenv, like the class archive of `lambdaflow.spark_classes`. Compiling needs a JDK 17+
+jars (`make venv` does it; a session compiles it first when its stamp, a digest of the sources and the PySpark
+version, differs, ~2 s: so two checkouts sharing a virtualenv each get their own classes) and lives in the
+virtualenv, like the class archive of `lambdaflow.spark_classes`. Compiling needs a JDK 17+
 (`javac` on the path or in `JAVA_HOME`); running needs only Spark's JVM.
 
 `python -m lambdaflow.spark_jar [JAR]` compiles it.
@@ -11,6 +12,7 @@ lives in the virtualenv, like the class archive of `lambdaflow.spark_classes`. C
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -23,14 +25,32 @@ import pyspark
 
 SOURCES = Path(__file__).parent / "java"
 JAR = Path(sys.prefix) / "lambdaflow-spark.jar"
+STAMP = "META-INF/lambdaflow-sources.sha256"
+
+
+def sources_digest(sources: list[Path]) -> str:
+    """What the jar is compiled from: the sources' names and contents, and the PySpark it compiles against."""
+    digest = hashlib.sha256(pyspark.__version__.encode())
+    for source in sources:
+        digest.update(b"\0" + source.relative_to(SOURCES).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp_of(jar: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(jar) as archive:
+            return archive.read(STAMP).decode()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def spark_jar(jar: Path = JAR, force: bool = False) -> Path:
-    """The jar of lambdaflow's Spark classes, compiled first if it is missing or older than a source (or
-    `force`: after a reinstall of PySpark)."""
+    """The jar of lambdaflow's Spark classes, compiled first unless it holds the stamp of these sources and
+    this PySpark (or with `force`). A modification time would not do: another checkout sharing the
+    virtualenv compiles its own sources into the same jar."""
     sources = sorted(SOURCES.rglob("*.java"))
-    newest = max(source.stat().st_mtime for source in sources)
-    if not force and jar.is_file() and jar.stat().st_mtime >= newest:
+    digest = sources_digest(sources)
+    if not force and _stamp_of(jar) == digest:
         return jar
     classes = Path(pyspark.__file__).parent / "jars"
     with tempfile.TemporaryDirectory(prefix="lambdaflow-javac-") as output:
@@ -46,6 +66,7 @@ def spark_jar(jar: Path = JAR, force: bool = False) -> Path:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(output).rglob("*.class")):
                 archive.write(path, path.relative_to(output).as_posix())
+            archive.writestr(STAMP, digest)
         partial.replace(jar)
     return jar
 
