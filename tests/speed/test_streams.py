@@ -162,7 +162,7 @@ def _copies(values: list[bytes], moved_by: timedelta) -> list[bytes]:
     copies = []
     for value in values:
         event = json.loads(value)
-        ts = datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=UTC) + moved_by
+        ts = parse_ts(event["ts"]) + moved_by
         copies.append(json.dumps({**event, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")}).encode())
     return copies
 
