@@ -103,8 +103,9 @@ FILE_SYSTEM_CHECKPOINTS = (
 # (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the query's thread with a
 # StackOverflowError instead of stopping it.
 THROUGHPUT_JVM = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
-CODEGEN_CACHE_ENTRIES = 1000
 LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
+# compiled classes the streaming app keeps (see `streaming_session`)
+CODEGEN_CACHE_ENTRIES = 1000
 
 
 def spark_session(
