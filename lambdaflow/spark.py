@@ -104,8 +104,6 @@ FILE_SYSTEM_CHECKPOINTS = (
 # StackOverflowError instead of stopping it.
 THROUGHPUT_JVM = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
 LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
-# compiled classes the streaming app keeps (see `streaming_session`)
-CODEGEN_CACHE_ENTRIES = 1000
 
 
 def spark_session(
@@ -194,7 +192,7 @@ def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -
         # micro-batch compiles a new watermark predicate: the watermark is inlined as a literal), so the
         # cache missed nearly every time: ~2,000 Janino compilations a minute at 5,000 events/s, ~15 of the
         # JVM's ~65 CPU-seconds a minute. With 1,000, ~100 a minute, mostly those predicates.
-        "spark.sql.codegen.cache.maxEntries": str(CODEGEN_CACHE_ENTRIES),
+        "spark.sql.codegen.cache.maxEntries": "1000",
     }
     return spark_session(
         settings, app_name, settings.stream_driver_memory, LOW_PAUSE_JVM, config=streaming_config

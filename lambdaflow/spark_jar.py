@@ -28,6 +28,10 @@ JAR = Path(sys.prefix) / "lambdaflow-spark.jar"
 STAMP = "META-INF/lambdaflow-sources.sha256"
 
 
+def java_sources() -> list[Path]:
+    return sorted(SOURCES.rglob("*.java"))
+
+
 def sources_digest(sources: list[Path]) -> str:
     """What the jar is compiled from: the sources' names and contents, and the PySpark it compiles against."""
     digest = hashlib.sha256(pyspark.__version__.encode())
@@ -48,7 +52,7 @@ def spark_jar(jar: Path = JAR, force: bool = False) -> Path:
     """The jar of lambdaflow's Spark classes, compiled first unless it holds the stamp of these sources and
     this PySpark (or with `force`). A modification time would not do: another checkout sharing the
     virtualenv compiles its own sources into the same jar."""
-    sources = sorted(SOURCES.rglob("*.java"))
+    sources = java_sources()
     digest = sources_digest(sources)
     if not force and _stamp_of(jar) == digest:
         return jar

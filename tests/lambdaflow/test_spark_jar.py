@@ -3,11 +3,11 @@
 import os
 import zipfile
 
-from lambdaflow.spark_jar import SOURCES, STAMP, sources_digest, spark_jar
+from lambdaflow.spark_jar import STAMP, java_sources, sources_digest, spark_jar
 
 
 def test_a_jar_is_recompiled_when_its_stamp_is_not_these_sources_even_if_it_is_newer(tmp_path):
-    these_sources = sources_digest(sorted(SOURCES.rglob("*.java")))
+    these_sources = sources_digest(java_sources())
     jar = spark_jar(tmp_path / "classes.jar")
     with zipfile.ZipFile(jar) as archive:
         assert "DedupeWithinWatermark.class" in {name.rsplit("/", 1)[-1] for name in archive.namelist()}
