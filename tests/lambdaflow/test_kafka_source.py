@@ -119,6 +119,20 @@ def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(s
         assert read(ranges) == expected
 
 
+def test_a_range_larger_than_one_fetch_answer_is_read_whole_and_in_order(settings):
+    """Tansu caps a Fetch answer at 5 MiB, and the reader fetches only once it has consumed the answer before
+    (`queued.min.messages=1`): a 6.4 MB range takes several Fetches, each after the last."""
+    topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
+    values = [f"{n:06d}".encode() * 1366 for n in range(800)]  # ~8 KB each
+    produce_values(bootstrap, topic, values, [b"one-partition"] * len(values))
+    (partition,) = {record.partition for record in consume_all(bootstrap, topic, len(values))}
+    config = client_config(settings.kafka_source_options())
+    ranges = (KafkaRange(topic, partition, 0, len(values)),)
+    rows = [row for batch in read_ranges(config, ranges) for row in batch.to_pylist()]
+    assert [row["offset"] for row in rows] == list(range(len(values)))
+    assert [row["value"] for row in rows] == values
+
+
 def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were_batched(settings):
     """The probe's ends are exact: not the start of the last record batch + 1 (Tansu's ListOffsets), and
     0 for a partition with no records."""
