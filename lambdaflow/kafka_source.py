@@ -204,8 +204,8 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         # Tansu answers nothing to a Fetch with max wait 0, and holds every Fetch for its max wait
         "fetch.wait.max.ms": 10,
-        # no Fetch ahead of what the read consumed: the read unassigns at its range's end, and on Tansu each
-        # Fetch below the end lists every batch the partition holds (2.3 Fetches a read before, ~1.3 now)
+        # No Fetch ahead of what the read consumed: the next waits until the queue is empty (checked every
+        # 10 ms), and a read unassigns each partition as its range ends (see read_ranges)
         "queued.min.messages": 1,
         "fetch.queue.backoff.ms": 10,
         "fetch.max.bytes": 64 * 1024 * 1024,
@@ -238,7 +238,8 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
     pending = {(part.topic, part.partition): part for part in ranges if part.end > part.start}
     position = {key: part.start for key, part in pending.items()}
     columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
-    consumer.assign([KafkaTopicPartition(*key, position[key]) for key in pending])
+    consumer.incremental_assign([KafkaTopicPartition(*key, position[key]) for key in pending])
+    assigned = set(pending)
     deadline = time.monotonic() + READ_STALL_S
     try:
         while pending:
@@ -276,12 +277,18 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                 if len(columns["offset"]) >= ARROW_BATCH_ROWS:
                     yield _batch(columns)
                     deadline = time.monotonic() + READ_STALL_S  # Spark took the batch in its own time
-            # Finished ranges stay assigned, their prefetched records skipped. Not paused: librdkafka keeps a
-            # pause across assignments, so the worker's next read of that partition would wait for ever.
-            for key in [key for key, part in pending.items() if position[key] >= part.end]:
-                del pending[key]
+            # A finished range's partition is unassigned at once: an assigned partition is fetched again and
+            # again, and on Tansu each Fetch below the end lists every batch the partition holds. (Not paused:
+            # librdkafka keeps a pause across assignments, so the worker's next read would wait for ever.)
+            finished = [key for key, part in pending.items() if position[key] >= part.end]
+            if finished:
+                consumer.incremental_unassign([KafkaTopicPartition(*key) for key in finished])
+                assigned.difference_update(finished)
+                for key in finished:
+                    del pending[key]
     finally:
-        consumer.unassign()
+        if assigned:
+            consumer.incremental_unassign([KafkaTopicPartition(*key) for key in assigned])
     if columns["offset"]:
         yield _batch(columns)
 
