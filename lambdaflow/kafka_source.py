@@ -202,12 +202,7 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         # a start offset already deleted by retention resumes at the oldest record kept, never at the end
         "auto.offset.reset": "earliest",
-        # Tansu answers nothing to a Fetch with max wait 0, and holds every Fetch for its max wait
-        "fetch.wait.max.ms": 10,
-        # No Fetch ahead of what the read consumed: the next waits until the queue is empty (checked every
-        # 10 ms), and a read unassigns each partition as its range ends (see read_ranges)
-        "queued.min.messages": 1,
-        "fetch.queue.backoff.ms": 10,
+        "fetch.wait.max.ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         **rdkafka_client_config(config),

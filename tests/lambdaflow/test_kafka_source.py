@@ -120,8 +120,8 @@ def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(s
 
 
 def test_a_range_larger_than_one_fetch_answer_is_read_whole_and_in_order(settings):
-    """Tansu caps a Fetch answer at 5 MiB, and the reader fetches only once it has consumed the answer before
-    (`queued.min.messages=1`): a 6.4 MB range takes several Fetches, each after the last."""
+    """Tansu caps a Fetch answer at 5 MiB: a 6.4 MB range takes two Fetches, the partition assigned until the
+    second answer is read."""
     topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
     values = [f"{n:06d}".encode() * 1366 for n in range(800)]  # ~8 KB each
     produce_values(bootstrap, topic, values, [b"one-partition"] * len(values))
