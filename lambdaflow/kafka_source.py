@@ -234,7 +234,6 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
     position = {key: part.start for key, part in pending.items()}
     columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
     consumer.incremental_assign([KafkaTopicPartition(*key, position[key]) for key in pending])
-    assigned = set(pending)
     deadline = time.monotonic() + READ_STALL_S
     try:
         while pending:
@@ -278,12 +277,11 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
             finished = [key for key, part in pending.items() if position[key] >= part.end]
             if finished:
                 consumer.incremental_unassign([KafkaTopicPartition(*key) for key in finished])
-                assigned.difference_update(finished)
                 for key in finished:
                     del pending[key]
-    finally:
-        if assigned:
-            consumer.incremental_unassign([KafkaTopicPartition(*key) for key in assigned])
+    finally:  # what is still pending is still assigned (a failed or abandoned read)
+        if pending:
+            consumer.incremental_unassign([KafkaTopicPartition(*key) for key in pending])
     if columns["offset"]:
         yield _batch(columns)
 
