@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from cachetools import TTLCache
-from flask import Response, abort, current_app, request
+from flask import Request, Response, abort, current_app, request
 from flask_smorest import Blueprint
-from marshmallow import RAISE
+from marshmallow import RAISE, Schema, ValidationError
 from webargs.flaskparser import FlaskParser
 
 from lambdaflow import store
-from serving import merge
-from serving.params import ActivityQuery, AlertsQuery, QualityQuery, SessionsQuery, TimeRange
+from serving import merge, schemas
+from serving.params import ActivityQuery, AlertsQuery, NoQuery, QualityQuery, SessionsQuery, TimeRange
 
 
 class _BadRequestParser(FlaskParser):
@@ -23,9 +24,29 @@ class _BadRequestParser(FlaskParser):
     # a misspelt parameter (`form=`) is an error, not silently the default range
     DEFAULT_UNKNOWN_BY_LOCATION: ClassVar = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE}
 
+    def load_querystring(self, req: Request, schema: Schema) -> Any:
+        """A parameter given twice is a 400: taking the first silently would answer another question."""
+        repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
+        if repeated:
+            error = ValidationError({"query": {name: ["given more than once"] for name in repeated}})
+            self.handle_error(error, req, schema, error_status_code=400, error_headers=None)
+        return super().load_querystring(req, schema)
+
 
 class ApiBlueprint(Blueprint):
     ARGUMENTS_PARSER = _BadRequestParser()
+
+    def answers(self, schema: type[Schema], *errors: HTTPStatus) -> Callable[[Callable], Callable]:
+        """Document an operation's 200 answer and its errors: 401 (with a token set, every operation needs
+        it), 414 (gunicorn's request-line limit), and `errors`; 400 comes with the query arguments."""
+
+        def decorate(handler: Callable) -> Callable:
+            handler = self.response(HTTPStatus.OK, schema)(handler)
+            for status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.REQUEST_URI_TOO_LONG, *errors):
+                handler = self.alt_response(status, response=status.name)(handler)
+            return handler
+
+        return decorate
 
 
 api = ApiBlueprint(
@@ -95,21 +116,25 @@ def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filt
 
 
 @api.route("/sensors")
+@api.arguments(NoQuery, location="query", as_kwargs=False)
+@api.answers(schemas.Sensors)
 @api.doc(summary="Every sensor with its location and newest window")
-def list_sensors() -> Response:
+def list_sensors(_: dict[str, Any]) -> Response:
     return _json({"sensors": merge.sensors(_engine())})
 
 
 @api.route("/sensors/<sensor_id>/metrics")
 @api.arguments(TimeRange, location="query", as_kwargs=False)
-@api.doc(summary="5-minute windows of one sensor", responses={"404": {"description": "Unknown sensor"}})
+@api.answers(schemas.SensorMetrics, HTTPStatus.NOT_FOUND)
+@api.doc(summary="5-minute windows of one sensor (404: a sensor with no row in either layer)")
 def sensor_metrics(args: dict[str, Any], sensor_id: str) -> Response:
     return _metrics("sensor_stats", args, {"sensor_id": sensor_id}, equals={"sensor_id": sensor_id})
 
 
 @api.route("/locations/<location>/metrics")
 @api.arguments(TimeRange, location="query", as_kwargs=False)
-@api.doc(summary="5-minute windows of one location", responses={"404": {"description": "Unknown location"}})
+@api.answers(schemas.LocationMetrics, HTTPStatus.NOT_FOUND)
+@api.doc(summary="5-minute windows of one location (404: a location with no row in either layer)")
 def location_metrics(args: dict[str, Any], location: str) -> Response:
     location = location.strip().lower()  # stored cleaned, as both layers clean it
     return _metrics("location_stats", args, {"location": location}, equals={"location": location})
@@ -117,6 +142,7 @@ def location_metrics(args: dict[str, Any], location: str) -> Response:
 
 @api.route("/activity")
 @api.arguments(ActivityQuery, location="query", as_kwargs=False)
+@api.answers(schemas.ActivityMetrics)
 @api.doc(summary="User activity per window, event type and browser, with revenue")
 def activity(args: dict[str, Any]) -> Response:
     equals = {name: args[name].strip().lower() if name == "browser" else args[name]
@@ -126,6 +152,7 @@ def activity(args: dict[str, Any]) -> Response:
 
 @api.route("/sessions")
 @api.arguments(SessionsQuery, location="query", as_kwargs=False)
+@api.answers(schemas.SessionsAnswer)
 @api.doc(summary="User sessions (30-minute gap) that started in the range")
 def sessions(args: dict[str, Any]) -> Response:
     at_least = {"duration_s": args["min_duration_s"]} if args.get("min_duration_s") is not None else {}
@@ -134,6 +161,7 @@ def sessions(args: dict[str, Any]) -> Response:
 
 @api.route("/alerts")
 @api.arguments(AlertsQuery, location="query", as_kwargs=False)
+@api.answers(schemas.Alerts)
 @api.doc(summary="The newest alerts first")
 def alerts(args: dict[str, Any]) -> Response:
     rows = merge.alerts(_engine(), args.get("since"), args.get("rule"), args["limit"])
@@ -144,6 +172,7 @@ def alerts(args: dict[str, Any]) -> Response:
 
 @api.route("/quality")
 @api.arguments(QualityQuery, location="query", as_kwargs=False)
+@api.answers(schemas.QualityRuns)
 @api.doc(summary="The latest Great Expectations result per suite and day, with its Data Docs page")
 def quality(args: dict[str, Any]) -> Response:
     runs = merge.quality_runs(_engine(), args["days"])

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
-from flask import Flask, Response, jsonify, request
+from flask import Flask
 from flask.json.provider import JSONProvider
 from flask_smorest import Api
 from flask_swagger_ui import get_swaggerui_blueprint
-from werkzeug.exceptions import HTTPException, Unauthorized
+from werkzeug.exceptions import HTTPException
 
 from lambdaflow import store
 from lambdaflow.settings import Settings, load_settings
 from serving.api import AnswerCache, api
+from serving.auth import require_token
 from serving.dashboard import dashboard
+from serving.errors import error_response
 from serving.health import health
+from serving.schemas import Error
 
-TOKEN_COOKIE = "lambdaflow_token"
-# Pages that hold no data and so need no token: the health check and the dashboard's shell (its script asks
-# for the token and then reads the API with it).
-PUBLIC_ENDPOINTS = frozenset({"health.report", "dashboard.index", "dashboard.static"})
+
+class DocumentedApi(Api):
+    """flask-smorest with the API's own error shape in the document, no catch-all `default` response (each
+    operation lists the errors it gives) and the bearer token as the security scheme."""
+
+    ERROR_SCHEMA = Error
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+
+SPEC_OPTIONS = {
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "LAMBDAFLOW_API_TOKEN; needed by every operation but /health when the server has one",
+    }}},
+    "security": [{"bearer": []}],
+}  # fmt: skip
 
 
 class OrjsonProvider(JSONProvider):
@@ -37,43 +51,10 @@ class OrjsonProvider(JSONProvider):
         return orjson.loads(s)
 
 
-def _error(exc: HTTPException) -> Response:
-    """Every error as JSON: `{"error": message, "parameter": name}` (the parameter for a bad query)."""
-    body: dict[str, Any] = {"status": exc.code, "error": exc.description}
-    messages = (getattr(exc, "data", None) or {}).get("messages", {})
-    problems = {name: "; ".join(found) if isinstance(found, list) else str(found)
-                for location in messages.values() for name, found in location.items()}  # fmt: skip
-    if problems:  # webargs: {"query": {"from": ["Not a valid datetime."]}}; the first one leads
-        name, text = next(iter(problems.items()))
-        body.update(error=f"invalid parameter {name!r}: {text}", parameter=name, parameters=problems)
-    response = jsonify(body)
-    response.status_code = exc.code or 500
-    if exc.code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="lambdaflow"'
-    return response
-
-
-def _require_token(token: str) -> Any:
-    expected = token.encode()
-
-    def check() -> Response | None:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return None
-        header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        given = given or request.cookies.get(TOKEN_COOKIE, "")
-        if given and hmac.compare_digest(given.encode(), expected):
-            return None
-        message = "missing or wrong token: send 'Authorization: Bearer <LAMBDAFLOW_API_TOKEN>'"
-        return _error(Unauthorized(message))
-
-    return check
-
-
 def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     """The serving app for `settings` (default: from the environment); `config` overrides Flask config."""
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an app-level /static would shadow the dashboard's public one
     app.json = OrjsonProvider(app)
     app.config.update(
         API_TITLE="lambdaflow",
@@ -81,6 +62,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS=SPEC_OPTIONS,
         DASHBOARD_REFRESH_MS=5000,
         JSON_SORT_KEYS=False,
     )
@@ -89,13 +71,13 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["lambdaflow.store"] = store.connect(settings.resolved_store_url)
     app.extensions["lambdaflow.answers"] = AnswerCache(settings.serve_cache_seconds)
 
-    smorest = Api(app)
+    smorest = DocumentedApi(app)
     smorest.register_blueprint(api)
-    app.register_blueprint(health)
+    smorest.register_blueprint(health)
     app.register_blueprint(dashboard)
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/openapi.json",
                                                    config={"app_name": "lambdaflow API"}))  # fmt: skip
-    app.register_error_handler(HTTPException, _error)  # after flask-smorest's, so it wins
+    app.register_error_handler(HTTPException, error_response)  # after flask-smorest's, so it wins
     if settings.api_token is not None:
-        app.before_request(_require_token(settings.api_token.get_secret_value()))
+        app.before_request(require_token(settings.api_token.get_secret_value()))
     return app

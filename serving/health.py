@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import current_app
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -15,8 +16,11 @@ from lambdaflow.lake import view_dir
 from lambdaflow.store import utc_naive
 from lambdaflow.views import VIEWS
 from serving import merge
+from serving.api import ApiBlueprint
+from serving.params import NoQuery
+from serving.schemas import Health
 
-health = Blueprint("health", __name__)
+health = ApiBlueprint("health", __name__, description="Liveness of the store, the batch layer and the stream")
 
 
 def _stream_status(engine: Any, now: datetime, stale_seconds: float) -> dict[str, Any]:
@@ -41,7 +45,12 @@ def last_recompute(lake: Path) -> datetime | None:
 
 
 @health.route("/health")
-def report() -> Any:
+@health.arguments(NoQuery, location="query", as_kwargs=False)
+@health.response(HTTPStatus.OK, Health)
+@health.alt_response(HTTPStatus.SERVICE_UNAVAILABLE, schema=Health, description="A part is down")
+@health.alt_response(HTTPStatus.REQUEST_URI_TOO_LONG, response=HTTPStatus.REQUEST_URI_TOO_LONG.name)
+@health.doc(security=[], summary="Store, batch horizons and the stream's progress; needs no token")
+def report(_: dict[str, Any]) -> Any:
     """200 when the store answers and every streaming query reported recently; 503 (with the same body)
     when a part is down. Needs no credentials and shows no data."""
     engine = current_app.extensions["lambdaflow.store"]

@@ -1,50 +1,98 @@
-"""Query-parameter schemas of the API: parsing, defaults, and the cross-field checks that make a 400."""
+"""Query-parameter schemas of the API: parsing, defaults, and the cross-field checks that make a 400.
+
+Every value is checked before any arithmetic on it: times must lie in a range whose default neighbours (24
+hours either side, any UTC offset) are representable, and numbers are ASCII digits only (Python's `int` and
+`float` also accept Arabic-Indic and other Unicode digits).
+"""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from lambdaflow.store import utc_naive
 
 DEFAULT_RANGE = timedelta(hours=24)
 MAX_RANGE = timedelta(days=31)
 ALERT_RULES = ("temperature_high", "battery_low", "session_long", "temperature_anomaly")
+# A day inside datetime's years on both ends, so a default range or a UTC offset never leaves them.
+EARLIEST_TIME = datetime(1, 1, 3)
+LATEST_TIME = datetime(9999, 12, 29)
+
+
+def _ascii(value: Any) -> Any:
+    if isinstance(value, str) and not value.isascii():
+        raise ValidationError("must be written with ASCII characters (digits 0-9)")
+    return value
 
 
 class UtcDateTime(fields.DateTime):
     """An ISO-8601 time; one without a zone is UTC. Deserialized to naive UTC, as the store keeps times."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        moment = super()._deserialize(value, attr, data, **kwargs)
+        moment = super()._deserialize(_ascii(value), attr, data, **kwargs)
+        naive = moment.replace(tzinfo=None)
+        if not EARLIEST_TIME <= naive <= LATEST_TIME:
+            raise ValidationError(f"must lie between {EARLIEST_TIME.date()} and {LATEST_TIME.date()}")
         return utc_naive(moment.replace(tzinfo=moment.tzinfo or UTC))  # type: ignore[return-value]
 
 
+class AsciiInteger(fields.Integer):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        return super()._deserialize(_ascii(value), attr, data, **kwargs)
+
+
+class FiniteFloat(fields.Float):
+    """A finite number in ASCII digits (no `nan`, `inf` or `1e999`)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        number = super()._deserialize(_ascii(value), attr, data, **kwargs)
+        if not math.isfinite(number):
+            raise ValidationError("must be a finite number")
+        return number
+
+
+class NoQuery(Schema):
+    """No parameters: any given is unknown, so a 400."""
+
+
 class TimeRange(Schema):
-    """`from`/`to` (ISO-8601, `to` exclusive); `to` defaults to now and `from` to 24 hours before `to`."""
+    """`from`/`to` (ISO-8601, `to` exclusive); `to` defaults to now and `from` to 24 hours before `to`. The
+    resulting range, defaults included, is ordered and spans at most 31 days."""
 
-    start = UtcDateTime(data_key="from", metadata={"description": "Start (inclusive); UTC if no zone"})
-    end = UtcDateTime(data_key="to", metadata={"description": "End (exclusive), default now"})
-
-    @validates_schema
-    def _ordered(self, data: dict[str, Any], **_: Any) -> None:
-        start, end = data.get("start"), data.get("end")
-        if start is not None and end is not None:
-            if start >= end:
-                raise ValidationError("must be before 'to'", field_name="from")
-            if end - start > MAX_RANGE:
-                raise ValidationError(f"the range may span at most {MAX_RANGE.days} days", field_name="from")
+    start = UtcDateTime(
+        data_key="from",
+        metadata={"description": "Start (inclusive); UTC if no zone; default 24 hours before `to`"},
+    )
+    end = UtcDateTime(
+        data_key="to",
+        metadata={
+            "description": "End (exclusive), default now; the range must be ordered and span at most 31 days"
+        },
+    )
 
     @post_load
     def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        if data.get("end") is None:
+        given_end = data.get("end") is not None
+        if not given_end:
             data["end"] = utc_naive(datetime.now(UTC))
-            if data.get("start") is not None and data["start"] >= data["end"]:
-                raise ValidationError("must be in the past when 'to' is not given", field_name="from")
         if data.get("start") is None:
             data["start"] = data["end"] - DEFAULT_RANGE
+        start, end = data["start"], data["end"]
+        if start >= end:
+            raise ValidationError(
+                "must be before 'to'" if given_end else "must be in the past when 'to' is not given",
+                field_name="from",
+            )
+        if end - start > MAX_RANGE:
+            raise ValidationError(
+                f"the range may span at most {MAX_RANGE.days} days"
+                + ("" if given_end else " ('to' defaults to now)"),
+                field_name="from",
+            )
         return data
 
 
@@ -56,15 +104,18 @@ class ActivityQuery(TimeRange):
 class SessionsQuery(TimeRange):
     """Sessions that started in [from, to)."""
 
-    min_duration_s = fields.Float(validate=validate.Range(min=0), metadata={"description": "Seconds"})
+    min_duration_s = FiniteFloat(validate=validate.Range(min=0), metadata={"description": "Seconds"})
 
 
 class AlertsQuery(Schema):
     since = UtcDateTime(metadata={"description": "Alerts whose event time is at or after this"})
     rule = fields.String(validate=validate.OneOf(ALERT_RULES))
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = AsciiInteger(load_default=100, validate=validate.Range(1, 1000))
 
 
 class QualityQuery(Schema):
-    days = fields.Integer(load_default=7, validate=validate.Range(1, 366),
-                          metadata={"description": "How many of the newest validated days"})  # fmt: skip
+    days = AsciiInteger(
+        load_default=7,
+        validate=validate.Range(1, 366),
+        metadata={"description": "How many of the newest validated days"},
+    )

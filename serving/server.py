@@ -3,11 +3,40 @@ development server."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+from gunicorn.workers.gthread import ThreadWorker
 
 from lambdaflow.settings import Settings
+
+# gunicorn's own limits (its defaults): a longer request line is a 414, more or larger headers a 431.
+REQUEST_LINE_LIMIT = 4094
+_LIMITS = {
+    LimitRequestLine: (414, "URI Too Long"),
+    LimitRequestHeaders: (431, "Request Header Fields Too Large"),
+}
+
+
+class JsonErrorWorker(ThreadWorker):
+    """gunicorn answers a request over its limits itself, before the app sees it; this gives those answers
+    the API's JSON error shape instead of an HTML page."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        for kind, (status, reason) in _LIMITS.items():
+            if isinstance(exc, kind):
+                body = json.dumps({"status": status, "error": f"{reason}: {exc}"}).encode()
+                head = (
+                    f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                with contextlib.suppress(OSError):  # the client may be gone already
+                    client.sendall(head.encode() + body)
+                return
+        super().handle_error(req, client, addr, exc)
 
 
 class _Gunicorn(BaseApplication):
@@ -26,9 +55,24 @@ class _Gunicorn(BaseApplication):
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections)."""
-    _Gunicorn(settings, {
-        "bind": f"{host}:{port}", "workers": settings.serve_workers, "threads": settings.serve_threads,
-        "worker_class": "gthread", "accesslog": None, "errorlog": "-", "loglevel": "warning",
-        "keepalive": 5, "graceful_timeout": 5, "proc_name": "lambdaflow-serve",
-    }).run()  # fmt: skip
+    """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections).
+
+    No control socket: gunicorn's default is one per user (`~/.gunicorn/gunicorn.ctl`), so stopping one
+    server would delete another's, and lambdaflow stops its servers by signal."""
+    _Gunicorn(
+        settings,
+        {
+            "bind": f"{host}:{port}",
+            "workers": settings.serve_workers,
+            "threads": settings.serve_threads,
+            "worker_class": f"{__name__}.JsonErrorWorker",
+            "limit_request_line": REQUEST_LINE_LIMIT,
+            "control_socket_disable": True,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "warning",
+            "keepalive": 5,
+            "graceful_timeout": 5,
+            "proc_name": "lambdaflow-serve",
+        },
+    ).run()

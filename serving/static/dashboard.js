@@ -7,26 +7,48 @@ const SVG = "http://www.w3.org/2000/svg";
 const body = document.body;
 const refreshMs = Number(body.dataset.refreshMs) || 5000;
 
-function token() { return sessionStorage.getItem("lambdaflow_token"); }
+const tokenRequired = body.dataset.tokenRequired === "true";
+const loginForm = document.getElementById("login");
+const logoutButton = document.getElementById("logout");
 
+// The token lives only in the server's HttpOnly session cookie (set by POST /login), which fetch sends with
+// every same-origin request: no script on the page can read it.
 async function getJson(path) {
-  const headers = token() ? { Authorization: "Bearer " + token() } : {};
-  const response = await fetch(path, { headers });
-  if (response.status === 401) { showLogin(); throw new Error("token needed"); }
+  const response = await fetch(path, { credentials: "same-origin" });
+  if (response.status === 401) { showLogin(); throw new Error(path + ": login needed"); }
   if (!response.ok && response.status !== 503) throw new Error(path + ": HTTP " + response.status);
   return response.json();
 }
 
-function showLogin() { document.getElementById("login").hidden = false; }
+function showLogin() {
+  loginForm.hidden = false;
+  logoutButton.hidden = true;
+}
 
-document.getElementById("login").addEventListener("submit", (event) => {
+async function logIn(event) {
   event.preventDefault();
-  const value = document.getElementById("token").value.trim();
-  sessionStorage.setItem("lambdaflow_token", value);
-  document.cookie = "lambdaflow_token=" + encodeURIComponent(value) + "; path=/; SameSite=Strict";
-  document.getElementById("login").hidden = true;
+  const input = document.getElementById("token");
+  const error = document.getElementById("login-error");
+  const form = new URLSearchParams({ token: input.value.trim() });
+  const response = await fetch("/login", { method: "POST", body: form, credentials: "same-origin" });
+  if (!response.ok) {
+    error.textContent = response.status === 401 ? "wrong token" : "login failed: HTTP " + response.status;
+    return;
+  }
+  input.value = "";
+  error.textContent = "";
+  loginForm.hidden = true;
   refresh();
-});
+}
+
+// A reload after logging out clears the charts: the next page's reads answer 401 and bring the form back.
+async function logOut() {
+  await fetch("/logout", { method: "POST", credentials: "same-origin" });
+  location.reload();
+}
+
+loginForm.addEventListener("submit", logIn);
+logoutButton.addEventListener("click", logOut);
 
 function el(name, attrs, parent) {
   const node = document.createElementNS(SVG, name);
@@ -182,12 +204,14 @@ async function drawQuality() {
 }
 
 async function refresh() {
-  const parts = [drawHealth, drawTemperature, drawActivity, drawAlerts, drawQuality];
+  // While the login form is up only the public health badge is read: the API would answer 401.
+  const parts = loginForm.hidden ? [drawHealth, drawTemperature, drawActivity, drawAlerts, drawQuality] : [drawHealth];
   const results = await Promise.allSettled(parts.map((draw) => draw()));
   results.filter((r) => r.status === "rejected").forEach((r) => console.warn(r.reason));
+  logoutButton.hidden = !tokenRequired || !loginForm.hidden;
   body.dataset.refreshed = new Date().toISOString();
 }
 
-if (body.dataset.tokenRequired === "true" && !token()) showLogin();
+// Whether this session already has the cookie only the server knows: the first reads tell (401: the form).
 refresh();
 setInterval(refresh, refreshMs);

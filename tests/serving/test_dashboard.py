@@ -1,179 +1,188 @@
-"""The dashboard, served by `lambdaflow serve` (gunicorn), rendered by Debian's headless Chromium: its charts
-carry data from both layers, its tables the alerts and quality runs. The screenshot is kept in
+"""The dashboard: its page and assets are public, its login form posts the token for an HttpOnly session
+cookie, and that cookie opens the API (Flask's test client); and the whole flow in Debian's Chromium, driven
+by Playwright from a fresh profile against `lambdaflow serve` (gunicorn): the login form, then charts with
+data from both layers and the alerts and quality tables. The screenshot is kept in
 `test-artifacts/dashboard.png`."""
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
-import subprocess
-import time
-import urllib.request
-from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
+from urllib.parse import quote
 
 import pytest
+from playwright.sync_api import Page, expect, sync_playwright
 
-from lambdaflow import store
-from lambdaflow.broker import free_port
-from lambdaflow.settings import load_settings
-from tests.conftest import LAMBDAFLOW, ROOT
+from serving.auth import TOKEN_COOKIE
+from tests.conftest import ROOT
+from tests.serving.conftest import serve_filled_store
 
-pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium")
+# Playwright adds --headless and --no-sandbox (needed as root) itself, and a fresh profile per context.
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1280,1000",
-    "--virtual-time-budget=10000",
 ]
+CHARTS = ("temperature-chart", "activity-chart", "revenue-chart")
 
 
-def fill_store(url: str) -> int:
-    """Windows of the last 24 hours: yesterday's published by batch, today's in the speed tables; some alerts
-    and a quality run. Returns the number of windows."""
-    engine = store.connect(url)
-    now = datetime.now(UTC).replace(tzinfo=None)
-    today = datetime(now.year, now.month, now.day)
-    newest = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0)
-    windows = [newest - timedelta(minutes=5 * k) for k in range(23 * 12)][::-1]  # 23 h: all on the page
-    rows: dict[str, list[dict]] = {"sensor_stats": [], "location_stats": [], "activity_stats": []}
-    for k, window in enumerate(windows):
-        for location, warmth in (("lab", 0.0), ("roof", 4.0)):
-            t = 20.0 + warmth + (k % 7) / 7
-            rows["sensor_stats"].append(
-                {
-                    "window_start": window,
-                    "sensor_id": f"s-{location}",
-                    "location": location,
-                    "events": 3,
-                    "temperature_avg": t,
-                    "temperature_min": t - 1,
-                    "temperature_max": t + 1,
-                    "humidity_avg": 40.0,
-                    "pressure_avg": 1000.0,
-                    "battery_min": 80.0,
-                }
-            )
-            rows["location_stats"].append(
-                {
-                    "window_start": window,
-                    "location": location,
-                    "events": 6,
-                    "sensors": 2,
-                    "temperature_avg": t,
-                    "temperature_max": t + 1,
-                }
-            )
-        for event_type, revenue in (("page_view", 0.0), ("purchase", 12.5 + k)):
-            rows["activity_stats"].append(
-                {
-                    "window_start": window,
-                    "event_type": event_type,
-                    "browser": "firefox",
-                    "events": 3 + k % 5,
-                    "users": 2,
-                    "revenue": revenue,
-                }
-            )
-    yesterday = (today - timedelta(days=1)).date()
-    store.publish_day(
-        engine, yesterday, {v: [r for r in rs if r["window_start"] < today] for v, rs in rows.items()}
-    )
-    for view, view_rows in rows.items():
-        speed = [{**r, "updated_at": now} for r in view_rows if r["window_start"] >= today]
-        store.upsert(engine, store.SPEED_TABLES[view], speed)
-    store.insert_new(
-        engine,
-        store.alerts,
-        [
-            {
-                "alert_id": f"a{i}",
-                "rule": "temperature_high",
-                "ts": now - timedelta(minutes=i),
-                "subject": "s-roof",
-                "value": 31.0 + i,
-                "threshold": 30.0,
-                "event": json.dumps({"event_id": f"e{i}"}),
-                "created_at": now,
-            }
-            for i in range(4)
-        ],
-    )
-    store.upsert(
-        engine,
-        store.quality_runs,
-        [
-            {
-                "day": yesterday,
-                "suite": "raw_iot_sensors",
-                "success": True,
-                "failed": "[]",
-                "link": None,
-                "statistics": json.dumps({"evaluated_expectations": 9, "successful_expectations": 9}),
-                "run_at": now,
-            }
-        ],
-    )
-    engine.dispose()
-    return len(windows)
+def set_cookie(response) -> SimpleCookie:
+    cookie = SimpleCookie()
+    for header in response.headers.getlist("Set-Cookie"):
+        cookie.load(header)
+    return cookie
+
+
+def test_the_page_and_its_assets_are_public_when_a_token_is_set(make_client):
+    _, client = make_client(api_token=secrets.token_urlsafe(16))
+    for url, kind in (
+        ("/", "text/html"),
+        ("/static/dashboard.js", "javascript"),
+        ("/static/dashboard.css", "css"),
+    ):
+        response = client.get(url)
+        assert response.status_code == 200 and kind in response.content_type, url
+    assert b'data-token-required="true"' in client.get("/").data
+    for url in ("/api/v1/sensors", "/quality/", "/api/openapi.json", "/api/docs/"):
+        assert client.get(url).status_code == 401, url
+
+
+def test_login_sets_an_httponly_strict_session_cookie_that_opens_the_api(make_client):
+    token = secrets.token_urlsafe(16)
+    _, client = make_client(api_token=token)
+    for wrong in (
+        {"data": {"token": "wrong"}},
+        {"json": {"token": "wrong"}},
+        {"data": {}},
+        {"json": [token]},
+    ):
+        response = client.post("/login", **wrong)
+        assert response.status_code == 401, wrong
+        assert response.get_json()["status"] == 401 and "token" in response.get_json()["error"]
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "Set-Cookie" not in response.headers
+    assert client.get("/api/v1/sensors").status_code == 401
+
+    response = client.post("/login", data={"token": token})
+    assert response.status_code == 204
+    morsel = set_cookie(response)[TOKEN_COOKIE]
+    assert morsel.value == token and morsel["httponly"] and morsel["samesite"] == "Strict"
+    assert morsel["path"] == "/" and not morsel["max-age"] and not morsel["expires"]  # a session cookie
+    assert client.get("/api/v1/sensors").status_code == 200
+
+    response = client.post("/logout")
+    assert response.status_code == 204 and set_cookie(response)[TOKEN_COOKIE].value == ""
+    assert client.get("/api/v1/sensors").status_code == 401
+    assert client.post("/login", json={"token": token}).status_code == 204  # JSON works as a form does
+    assert client.get("/api/v1/sensors").status_code == 200
+
+
+def test_the_bearer_scheme_is_case_insensitive(make_client):
+    token = secrets.token_urlsafe(16)
+    _, client = make_client(api_token=token)
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        assert (
+            client.get("/api/v1/sensors", headers={"Authorization": f"{scheme} {token}"}).status_code == 200
+        )
+    for header in (f"Basic {token}", f"Bearer{token}", token, f"Bearer {token}x", "Bearer "):
+        assert client.get("/api/v1/sensors", headers={"Authorization": header}).status_code == 401, header
+
+
+def test_a_percent_encoded_cookie_is_accepted(make_client):
+    token = "odd token; with=signs/and%25 more"  # characters a cookie value cannot hold as they are
+    _, client = make_client(api_token=token)
+    client.set_cookie(TOKEN_COOKIE, quote(token, safe=""))  # as JavaScript's encodeURIComponent would send it
+    assert client.get("/api/v1/sensors").status_code == 200
+    client.set_cookie(TOKEN_COOKIE, quote("odd token", safe=""))
+    assert client.get("/api/v1/sensors").status_code == 401
+    client.delete_cookie(TOKEN_COOKIE)
+    assert client.post("/login", data={"token": token}).status_code == 204  # the server's cookie round-trips
+    assert client.get("/api/v1/sensors").status_code == 200
+
+
+def test_without_a_token_the_page_needs_no_login(make_client):
+    _, client = make_client()
+    assert b'data-token-required="false"' in client.get("/").data
+    assert client.get("/static/dashboard.js").status_code == 200
+    assert client.get("/api/v1/sensors").status_code == 200
+    response = client.post("/login", data={"token": "anything"})
+    assert response.status_code == 204 and "Set-Cookie" not in response.headers
 
 
 @pytest.fixture
 def served(tmp_path):
-    port = free_port()
-    env = {
-        "LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"),
-        "LAMBDAFLOW_SERVE_PORT": str(port),
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
-    }
-    windows = fill_store(load_settings(data_dir=tmp_path / "data").resolved_store_url)
-    server = subprocess.Popen([*LAMBDAFLOW, "serve"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/api/v1/sensors", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read()
-            assert time.monotonic() < deadline, "lambdaflow serve did not answer within 60 s"
-            time.sleep(0.3)
-    yield base, windows
-    server.terminate()
-    server.wait(timeout=20)
+    """`lambdaflow serve` on a filled store, with a token made for this test: (base URL, token, windows)."""
+    with serve_filled_store(tmp_path / "data") as running:
+        yield running
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (`make browser`)")
-def test_dashboard_renders_both_layers_in_headless_chromium(served, tmp_path):
-    served, windows = served
+def log_in(page: Page, token: str) -> None:
+    """Types `token` into the login form and submits it, as a person would."""
+    page.fill("#token", token)
+    page.click("#login button[type=submit]")
+
+
+def wait_for_data(page: Page) -> None:
+    """Until every chart has points and both tables have rows (each is drawn whole, in one go)."""
+    charts = json.dumps(CHARTS)
+    page.wait_for_function(
+        f"{charts}.every((id) => Number(document.getElementById(id).dataset.points) > 0)"
+        " && document.querySelectorAll('#alerts tbody tr').length > 0"
+        " && document.querySelectorAll('#quality tbody tr').length > 0",
+        timeout=30_000,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make browser`)")
+def test_dashboard_logs_in_and_renders_both_layers_in_headless_chromium(served, tmp_path):
+    served, token, windows = served
     ARTIFACTS.mkdir(exist_ok=True)
-    profile = ["--user-data-dir=" + str(tmp_path / "chromium")]
-    dom = subprocess.run(
-        ["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", served + "/"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium",
+            executable_path=CHROMIUM,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        page = context.new_page()
+        page.goto(served + "/")
+        # Only the script shows the form (after the API's 401), and the stylesheet colours the header.
+        expect(page.locator("#login")).to_be_visible()
+        expect(page.locator("header")).to_have_css("background-color", "rgb(29, 38, 48)")
+        expect(page.locator("#status")).to_have_text("ok")  # /health is public; the stream reported just now
+        assert all(page.get_attribute(f"#{chart}", "data-points") == "0" for chart in CHARTS)
+
+        log_in(page, "wrong-" + token)
+        expect(page.locator("#login-error")).to_have_text("wrong token")
+        expect(page.locator("#login")).to_be_visible()
+        log_in(page, token)
+        expect(page.locator("#login")).to_be_hidden()
+        wait_for_data(page)
+        dom = page.content()
+        cookie = next(c for c in context.cookies() if c["name"] == TOKEN_COOKIE)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] == -1
+        assert page.evaluate("document.cookie") == "" and page.evaluate("sessionStorage.length") == 0
+        expect(page.locator("#logout")).to_be_visible()
+        page.screenshot(path=shot)
+
+        page.click("#logout")  # clears the cookie and reloads: the API answers 401 again
+        expect(page.locator("#login")).to_be_visible()
+        assert not [c for c in context.cookies() if c["name"] == TOKEN_COOKIE]
+        context.close()
     points = dict(re.findall(r'<svg id="([a-z-]+)"[^>]*data-points="(\d+)"', dom))
     assert int(points["temperature-chart"]) == 2 * windows, points  # both locations, batch and speed windows
     assert int(points["activity-chart"]) == 2 * windows and int(points["revenue-chart"]) == windows, points
     assert dom.count('class="horizon"') == 3, "the batch/speed boundary is drawn on every chart"
-    assert 'id="status" class="badge down"' in dom  # no stream reports progress in this test
     assert dom.count("temperature_high") == 4 and "raw_iot_sensors" in dom
-    shot = ARTIFACTS / "dashboard.png"
-    shot.unlink(missing_ok=True)
-    subprocess.run(
-        ["chromium", *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", served + "/"],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
     assert shot.stat().st_size > 20_000
