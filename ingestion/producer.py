@@ -23,6 +23,8 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 
+from lambdaflow.settings import KAFKA_CONNECT_TIMEOUT_MS
+
 PROGRESS_INTERVAL_S = 1.0
 # A paced producer sleeps only once it is this far ahead of its rate, so it sends in bursts of at most this
 # long: sleeping before every record cost 2.5x the CPU of sending (60k records at 3,000/s: 10.3 CPU-s, 4.9
@@ -110,6 +112,10 @@ def make_producer(client_config: dict[str, Any], **overrides: Any) -> KafkaProdu
         "batch_size": 512 * 1024,
         "max_request_size": 8 * 1024 * 1024,
         "retries": 5,
+        # a misspelt topic must fail, not be created; Tansu creates it all the same, so `lambdaflow produce`
+        # first checks that its topic exists (`ingestion.topics.check_topic_exists`)
+        "allow_auto_create_topics": False,
+        "bootstrap_timeout_ms": KAFKA_CONNECT_TIMEOUT_MS,
         **client_config,
         **overrides,
     }

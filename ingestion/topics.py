@@ -1,14 +1,20 @@
-"""Topic administration: create the event, dead-letter and alert topics with their partitions."""
+"""Topic administration: create the event, dead-letter and alert topics with their partitions, and check that
+a topic exists before anything is sent to it."""
 
 from __future__ import annotations
 
 from contextlib import suppress
+from difflib import get_close_matches
 from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from lambdaflow.settings import Settings
+from lambdaflow.settings import KAFKA_CONNECT_TIMEOUT_MS, Settings
+
+
+class UnknownTopicError(ValueError):
+    """A topic that is not on the broker; the message is one line naming it and the likely intended one."""
 
 
 def topic_plan(settings: Settings) -> dict[str, int]:
@@ -21,9 +27,14 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
+def admin_client(client_config: dict[str, Any]) -> KafkaAdminClient:
+    """An admin client that gives up on an unreachable broker after `KAFKA_CONNECT_TIMEOUT_MS`."""
+    return KafkaAdminClient(**{"bootstrap_timeout_ms": KAFKA_CONNECT_TIMEOUT_MS, **client_config})
+
+
 def ensure_topics(client_config: dict[str, Any], plan: dict[str, int]) -> list[str]:
     """Create the topics of `plan` that do not exist yet; return the names created."""
-    admin = KafkaAdminClient(**client_config)
+    admin = admin_client(client_config)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, partitions, 1) for name, partitions in plan.items() if name not in existing]
@@ -33,3 +44,21 @@ def ensure_topics(client_config: dict[str, Any], plan: dict[str, int]) -> list[s
         return [topic.name for topic in missing]
     finally:
         admin.close()
+
+
+def check_topic_exists(client_config: dict[str, Any], topic: str) -> None:
+    """Raise `UnknownTopicError` unless the broker has `topic`. Asked through the admin client's metadata,
+    which never creates a topic, where a producer's metadata request may."""
+    admin = admin_client(client_config)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    if topic in existing:
+        return
+    similar = get_close_matches(topic, sorted(existing), n=1)
+    guess = f"did you mean {similar[0]!r}? " if similar else ""
+    raise UnknownTopicError(
+        f"topic {topic!r} does not exist on the broker "
+        f"({guess}`lambdaflow topics` creates the configured ones)"
+    )

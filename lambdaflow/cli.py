@@ -1,28 +1,33 @@
 """The `lambdaflow` command line: the composition root that wires settings into the layers.
 
 Layer modules are imported inside each command, so `lambdaflow --help` stays fast and a command only loads
-what it runs. Configuration errors stop a command with one line on stderr and exit code 2.
+what it runs. Every failure ends as one line on stderr, `lambdaflow: <message>`: exit code 2 for a bad
+setting or usage, 1 for anything else; `-v` adds the traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
 import signal
+import stat
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
-from functools import wraps
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from lambdaflow.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("lambdaflow")
+T = TypeVar("T")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -37,45 +42,121 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"lambdaflow: {message}", err=True)
     sys.exit(code)
 
 
 def _settings(**overrides: Any) -> Settings:
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _one_line_errors(run: Callable[[], T], verbose: bool) -> T:
+    """`run()`, with whatever it raises turned into one line on stderr and an exit code."""
+    from kafka.errors import KafkaError
+
+    from lambdaflow.broker import BrokerError
+
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as exc:
-        _fail(str(exc), code=2)
-        raise  # unreachable
-
-
-def _one_line_errors(command: Callable) -> Callable:
-    """Errors a user can fix (bad settings, a taken port, a missing file) as one line, not a traceback."""
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        from kafka.errors import KafkaError
-
-        from lambdaflow.broker import BrokerError
-
-        try:
-            return command(*args, **kwargs)
-        except SettingsError as exc:
+        return run()
+    except (click.exceptions.Exit, click.Abort, click.exceptions.NoArgsIsHelpError):
+        raise  # click's own exits, and `lambdaflow` alone printing its help
+    except click.ClickException as exc:
+        if verbose:
+            traceback.print_exc()
+        where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "lambdaflow"
+        _fail(f"{exc.format_message()} (see `{where} -h`)", exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        if isinstance(exc, SettingsError):
             _fail(str(exc), code=2)
-        except (BrokerError, FileNotFoundError, ValueError) as exc:
-            _fail(str(exc))
-        except KafkaError as exc:
-            _fail(f"Kafka: {exc} (is the broker running? LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS)")
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return run
+        if isinstance(exc, KafkaError):
+            _fail(f"Kafka: {_first_line(exc)} (is the broker running? LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS)")
+        if isinstance(exc, BrokerError | OSError | ValueError):  # what a user can fix, said by its message
+            _fail(_first_line(exc))
+        _fail(f"{type(exc).__name__}: {_first_line(exc)}" + ("" if verbose else " (-v shows the traceback)"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging, including Kafka and Spark clients.")
+class CommandGroup(click.Group):
+    """Parses and runs its commands within `_one_line_errors`, which knows the group's `--verbose`."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:  # fmt: skip
+        parse = super().make_context
+        # only the group's own options can fail here, before --verbose is known
+        return _one_line_errors(lambda: parse(info_name, args, parent, **extra), verbose=False)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        invoke = super().invoke
+        return _one_line_errors(lambda: invoke(ctx), verbose=ctx.params["verbose"])
+
+
+class FiniteFloat(click.FloatRange):
+    """A number, optionally within a range, that is neither nan nor infinite: `FloatRange` alone lets nan
+    through (it compares false with any bound), and an infinite rate or duration never ends."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class ReadableFile(click.Path):
+    """An existing regular file the process may read: a directory fails on open, a FIFO or device blocks."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, readable=True, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            self.fail(f"{click.format_filename(path)!r} is not a regular file", param, ctx)
+        return path
+
+
+class Instant(click.ParamType):
+    """An ISO-8601 instant; without an offset it is UTC."""
+
+    name = "instant"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time", param, ctx)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_in_lake(moment: date | datetime, settings: Settings, option: str) -> None:
+    """A usage error unless the lake can hold `moment`'s day, so a bad day stops before Spark starts."""
+    from lambdaflow.lake import check_lake_day, check_lake_time
+
+    watermark = timedelta(seconds=settings.watermark_seconds)
+    try:
+        if isinstance(moment, datetime):
+            check_lake_time(moment, watermark)
+        else:
+            check_lake_day(moment, watermark)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, and a traceback with any error.")
 def cli(verbose: bool) -> None:
     """lambdaflow: Kafka ingestion, a Spark speed layer, a Parquet lake, Airflow batch and Flask serving."""
     _configure_logging(verbose)
@@ -84,7 +165,6 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.option("--host", help="Listen address [LAMBDAFLOW_BROKER_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Listen port [LAMBDAFLOW_BROKER_PORT, default 9092].")
-@_one_line_errors
 def broker(host: str | None, port: int | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in memory) and create the topics; Ctrl-C stops it."""
     from ingestion.topics import ensure_topics, topic_plan
@@ -120,7 +200,6 @@ def _wait_for_signal(alive: Callable[[], bool]) -> None:
 
 
 @cli.command()
-@_one_line_errors
 def topics() -> None:
     """Create the event, dead-letter and alert topics on the configured Kafka (existing ones are kept)."""
     from ingestion.topics import ensure_topics, topic_plan
@@ -130,33 +209,23 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
-def _parse_start(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO-8601 time: {value!r}", param_hint="--start") from None
-    return moment.replace(tzinfo=moment.tzinfo or UTC)
-
-
 @cli.command()
 @click.argument("kind", required=False, type=click.Choice(["iot", "activity"]))
 @click.option(
     "--from-file",
     "from_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=ReadableFile(),
     help="Send each line of FILE as one record's value, byte for byte.",
 )
 @click.option("--topic", help="Target topic (default: the kind's topic; required with --from-file).")
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help="Records per second; 0 sends as fast as possible [default: 100, with --from-file 0]. "
     "With --start it spaces the simulated event times and sending does not wait.",
 )
 @click.option("--count", type=click.IntRange(min=0), help="Stop after this many records.")
-@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--duration", type=FiniteFloat(min=0, min_open=True), help="Stop after this many seconds.")
 @click.option(
     "--seed",
     type=int,
@@ -166,48 +235,49 @@ def _parse_start(value: str | None) -> datetime | None:
 @click.option("--sensors", type=click.IntRange(min=1), default=50, show_default=True, help="IoT sensors.")
 @click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True, help="Web users.")
 @click.option(
-    "--start", help="Simulate event time from this ISO-8601 instant at --rate (default: wall clock)."
+    "--start",
+    type=Instant(),
+    help="Simulate event time from this ISO-8601 instant (UTC unless it has an offset) at --rate "
+    "(default: wall clock).",
 )
-@click.option(
-    "--duplicates", type=click.FloatRange(0, 1), default=0.0, help="Fraction re-sent (same event_id)."
-)
-@click.option("--late", type=click.FloatRange(0, 1), default=0.0, help="Fraction later than the watermark.")
+@click.option("--duplicates", type=FiniteFloat(0, 1), default=0.0, help="Fraction re-sent (same event_id).")
+@click.option("--late", type=FiniteFloat(0, 1), default=0.0, help="Fraction later than the watermark.")
 @click.option(
     "--out-of-order",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Fraction shifted back within the watermark.",
 )
-@click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, help="Fraction breaking the contract.")
-@_one_line_errors
+@click.option("--malformed", type=FiniteFloat(0, 1), default=0.0, help="Fraction breaking the contract.")
 def produce(
     kind: str | None, from_file: Path | None, topic: str | None, rate: float | None, count: int | None,
-    duration: float | None, seed: int | None, sensors: int, users: int, start: str | None, duplicates: float,
-    late: float, out_of_order: float, malformed: float,
+    duration: float | None, seed: int | None, sensors: int, users: int, start: datetime | None,
+    duplicates: float, late: float, out_of_order: float, malformed: float,
 ) -> None:  # fmt: skip
     """Produce simulated IoT readings or user activity (KIND), or replay a file (--from-file)."""
-    from datetime import timedelta
-
     from ingestion.eventhubs import profile_from_env
     from ingestion.faults import FaultInjector, Faults
     from ingestion.producer import SendReport, file_records, make_producer, send_records
     from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock, wall_clock
+    from ingestion.topics import check_topic_exists
 
     settings = _settings()
     if (kind is None) == (from_file is None):
         raise click.UsageError("give KIND (iot or activity) or --from-file FILE, not both")
     if from_file is not None and not topic:
         raise click.UsageError("--from-file needs --topic")
-    if from_file is not None and not from_file.exists():
-        raise FileNotFoundError(f"--from-file: no such file {from_file}")
+    if start is not None:
+        _check_in_lake(start, settings, "--start")
     event_hub = profile_from_env()
     client_config = event_hub.client_config() if event_hub else settings.kafka_client_config()
     if event_hub:
         topic = event_hub.hub_name
+    topic = topic or (settings.topic_iot if kind == "iot" else settings.topic_activity)
+    check_topic_exists(client_config, topic)
+    if event_hub:
         log.info("producing to Azure Event Hubs %r at %s", event_hub.hub_name, event_hub.namespace_host)
 
     if from_file is not None:
-        assert topic is not None
         key_field = "sensor_id" if topic == settings.topic_iot else "session_id"
         records = file_records(from_file, key_field)
         report = SendReport(topic)
@@ -224,16 +294,14 @@ def produce(
                 seed=seed, users=users, concurrency=min(100_000, max(50, int(events_per_second * 20)))
             )
         )
-        topic = topic or (settings.topic_iot if kind == "iot" else settings.topic_activity)
-        begin = _parse_start(start)
-        clock = simulated_clock(begin, events_per_second or 1000.0) if begin else wall_clock
+        clock = simulated_clock(start, events_per_second or 1000.0) if start else wall_clock
         faults = Faults(
             duplicates, late, out_of_order, malformed, timedelta(seconds=settings.watermark_seconds)
         )
         injector = FaultInjector(faults, seed)
         records = injector.apply(simulator.events(clock), simulator.key)
         report = SendReport(topic, faults=injector.counts)
-        pace = 0.0 if begin else events_per_second  # simulated history need not wait for the wall clock
+        pace = 0.0 if start else events_per_second  # simulated history need not wait for the wall clock
     producer = make_producer(client_config)
     try:
         send_records(producer, topic, records, rate=pace, count=count, duration_s=duration, report=report)
@@ -275,7 +343,6 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Archive what is in the topics now, then exit (availableNow).")
-@_one_line_errors
 def archive(once: bool) -> None:
     """Run the lake archiver: valid events to lake/raw, invalid records to lake/quarantine and dead_letter."""
     from ingestion.archiver import start_archiver, status_path
@@ -294,7 +361,6 @@ def archive(once: bool) -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Process what is in the topics now, then exit (availableNow).")
 @click.option("--only", help="Comma-separated parts to run: archiver, views, alerts (default: all).")
-@_one_line_errors
 def stream(once: bool, only: str | None) -> None:
     """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
     from ingestion.archiver import start_archiver
@@ -307,7 +373,7 @@ def stream(once: bool, only: str | None) -> None:
     unknown = sorted(set(selected) - set(known))
     if unknown:
         raise click.BadParameter(
-            f"unknown query {unknown}; choose from {', '.join(known)}", param_hint="--only"
+            f"unknown query {unknown}; choose from {', '.join(known)}", param_hint="'--only'"
         )
     settings = _settings()
     spark = streaming_session(settings)
@@ -330,7 +396,6 @@ def stream(once: bool, only: str | None) -> None:
 @click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="The UTC day to recompute (YYYY-MM-DD).")  # fmt: skip
 @click.option("--publish", is_flag=True, help="Then publish it into the serving store (tables, horizon).")
-@_one_line_errors
 def batch_day(day: datetime, publish: bool) -> None:
     """Recompute one day's exact views from the lake into lake/views (and optionally publish them)."""
     from batch.publish import publish_batch_day
@@ -338,6 +403,7 @@ def batch_day(day: datetime, publish: bool) -> None:
     from lambdaflow.spark import spark_session
 
     settings = _settings()
+    _check_in_lake(day.date(), settings, "--date")
     spark = spark_session(settings, "lambdaflow-batch", kafka_source=False)
     try:
         result = recompute_day(spark, settings, day.date())
@@ -353,7 +419,6 @@ def batch_day(day: datetime, publish: bool) -> None:
 @cli.command()
 @click.option("--host", help="Listen address [LAMBDAFLOW_SERVE_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Listen port [LAMBDAFLOW_SERVE_PORT, default 8000].")
-@_one_line_errors
 def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API, the dashboard and the Data Docs (gunicorn); Ctrl-C stops it."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -377,19 +442,18 @@ def serve(host: str | None, port: int | None) -> None:
 @cli.command()
 @click.option(
     "--iot-rate",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=20.0,
     show_default=True,
     help="Demo IoT readings per second.",
 )
 @click.option(
     "--activity-rate",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=10.0,
     show_default=True,
     help="Demo user-activity events per second.",
 )
-@_one_line_errors
 def up(iot_rate: float, activity_rate: float) -> None:
     """Start the embedded stack with demo data (what `make run` does); Ctrl-C stops every part."""
     from lambdaflow.stack import AlreadyRunning, run_stack

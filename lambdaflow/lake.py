@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,6 +38,37 @@ QUARANTINE_SCHEMA = pa.schema(
     [("value", pa.binary()), ("key", pa.binary()), ("reason", pa.string())]
     + [pa.field(name, kind) for name, kind in KAFKA_COLUMNS]
 )
+
+# Spark's event-time watermark starts at the epoch, so the speed layer would drop every earlier event as late.
+FIRST_DAY = date(1970, 1, 1)
+
+
+def last_day(watermark: timedelta) -> date:
+    """The last day the lake can hold: its batch run waits for the day's end plus the watermark, which must
+    still be a timestamp (Python's and Spark's end with 9999-12-31)."""
+    try:
+        return (datetime.max - watermark).date() - timedelta(days=1)
+    except OverflowError:  # a watermark of millennia leaves no day
+        return date.min
+
+
+def check_lake_day(day: date, watermark: timedelta) -> None:
+    """Raise `ValueError` (one line) unless the lake can hold `day`."""
+    last = last_day(watermark)
+    if not FIRST_DAY <= day <= last:
+        raise ValueError(f"{day} is outside the days the lake can hold, {FIRST_DAY} to {last}")
+
+
+def check_lake_time(moment: datetime, watermark: timedelta) -> None:
+    """Raise `ValueError` (one line) unless the aware `moment` falls on a day the lake can hold."""
+    last = last_day(watermark)
+    first_instant = datetime.combine(FIRST_DAY, time(), tzinfo=UTC)
+    end_instant = datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC)
+    # compared, not converted to UTC: converting an instant near year 1 or 9999 can overflow
+    if not first_instant <= moment < end_instant:
+        raise ValueError(
+            f"{moment.isoformat()} is outside the days the lake can hold, {FIRST_DAY} to {last} UTC"
+        )
 
 
 def raw_dir(lake: Path, topic: str) -> Path:

@@ -16,6 +16,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LAMBDAFLOW_"
+# How long the command line's kafka-python clients try to reach the broker; not in `kafka_client_config`,
+# which also configures the Spark source and librdkafka.
+KAFKA_CONNECT_TIMEOUT_MS = 5_000
 
 
 class SettingsError(ValueError):
@@ -25,7 +28,7 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    data_dir: Path = Path(".lambdaflow")
+    data_dir: Path = Field(Path(".lambdaflow"), validate_default=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -100,11 +103,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port…], got {server.strip()!r}")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _directory_or_creatable(cls, value: Path) -> Path:
+        path = value.absolute()
+        nearest = next(folder for folder in (path, *path.parents) if folder.exists())
+        if not nearest.is_dir():
+            raise ValueError("not a directory" if nearest == path else f"{nearest} is not a directory")
+        if nearest != path and not os.access(nearest, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot be created: {nearest} is not writable")
+        return value
+
     @field_validator("store_url")
     @classmethod
     def _store_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("sqlite://", "postgresql://", "postgresql+")):
+        if value is None:
+            return value
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+")):
             raise ValueError("expected a sqlite:// or postgresql:// SQLAlchemy URL")
+        if value.startswith("sqlite"):
+            folder = _sqlite_folder(value)
+            if folder is not None and not folder.is_dir():
+                # only the default store under the data directory is created with it
+                raise ValueError(f"the SQLite file's folder {folder} is not an existing directory")
         return value
 
     @model_validator(mode="after")
@@ -167,6 +188,20 @@ class Settings(BaseSettings):
         return self.store_url or f"sqlite:///{self.data_dir.resolve() / 'serving.db'}"
 
 
+def _sqlite_folder(url: str) -> Path | None:
+    """The directory of a SQLite URL's database file; None for an in-memory or `file:` URI database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).absolute().parent
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and explicit overrides); raise `SettingsError` on a bad value."""
     try:
@@ -176,5 +211,6 @@ def load_settings(**overrides: object) -> Settings:
         field = str(error["loc"][0]) if error["loc"] else str(error["msg"]).split(":")[0].split()[-1]
         variable = ENV_PREFIX + field.upper()
         shown = os.environ.get(variable, error.get("input"))
+        shown = str(shown) if isinstance(shown, Path) else shown
         message = str(error["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {variable}={shown!r}: {message}") from None

@@ -66,3 +66,25 @@ def test_commands_stop_at_start_up_with_one_line(tmp_path):
             "lambdaflow: invalid setting LAMBDAFLOW_TOPIC_PARTITIONS='many': "
             "Input should be a valid integer, unable to parse string as an integer"
         ]
+
+
+def test_paths_that_cannot_be_used_name_the_variable(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    for variable, value, message in [
+        ("LAMBDAFLOW_DATA_DIR", tmp_path / "file", "not a directory"),
+        ("LAMBDAFLOW_DATA_DIR", tmp_path / "file" / "data", f"{tmp_path / 'file'} is not a directory"),
+        ("LAMBDAFLOW_STORE_URL", f"sqlite:///{tmp_path}/missing/serving.db", "is not an existing directory"),
+        ("LAMBDAFLOW_STORE_URL", f"sqlite:///{tmp_path}/file/serving.db", "is not an existing directory"),
+    ]:
+        monkeypatch.setenv(variable, str(value))
+        with pytest.raises(SettingsError, match=f"invalid setting {variable}=.*{message}"):
+            load_settings()
+        monkeypatch.delenv(variable)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_data_dir_to_create_and_sqlite_urls_in_existing_directories_are_fine(tmp_path):
+    settings = load_settings(data_dir=tmp_path / "new" / "data")
+    assert settings.resolved_store_url == f"sqlite:///{tmp_path.resolve()}/new/data/serving.db"
+    for url in (f"sqlite:///{tmp_path}/serving.db", "sqlite://", "sqlite:///:memory:", "postgresql://u@h/db"):
+        assert load_settings(data_dir=tmp_path, store_url=url).store_url == url
