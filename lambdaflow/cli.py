@@ -395,15 +395,22 @@ def stream(once: bool, only: str | None) -> None:
 @cli.command("batch")
 @click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="The UTC day to recompute (YYYY-MM-DD).")  # fmt: skip
-@click.option("--publish", is_flag=True, help="Then publish it into the serving store (tables, horizon).")
-def batch_day(day: datetime, publish: bool) -> None:
+@click.option("--publish", is_flag=True, help="Then publish it into the serving store (tables, horizon); "
+              "refused unless the lake is complete for the day and holds raw events for it.")  # fmt: skip
+@click.option("--force", is_flag=True, help="With --publish: publish even a day the lake is not complete "
+              "for or holds no raw events for (the speed rows before D+1 go all the same).")  # fmt: skip
+def batch_day(day: datetime, publish: bool, force: bool) -> None:
     """Recompute one day's exact views from the lake into lake/views (and optionally publish them)."""
-    from batch.publish import publish_batch_day
+    from batch.publish import check_publishable, publish_batch_day
     from batch.recompute import recompute_day
     from lambdaflow.spark import spark_session
 
+    if force and not publish:
+        raise click.UsageError("--force needs --publish")
     settings = _settings()
     _check_in_lake(day.date(), settings, "--date")
+    if publish and not force:
+        check_publishable(settings, day.date())  # a refused publish starts no Spark
     spark = spark_session(settings, "lambdaflow-batch", kafka_source=False)
     try:
         result = recompute_day(spark, settings, day.date())
@@ -412,7 +419,7 @@ def batch_day(day: datetime, publish: bool) -> None:
     click.echo(f"recomputed {result.day} in {result.seconds:.1f} s: "
                + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()), err=True)  # fmt: skip
     if publish:
-        horizon = publish_batch_day(settings, day.date())
+        horizon = publish_batch_day(settings, day.date(), force=force)
         click.echo(f"published {result.day}; horizon {horizon:%Y-%m-%d %H:%M} UTC", err=True)
 
 
