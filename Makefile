@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: venv browser run test test-fast bench lint format lock compose-check clean
+.PHONY: venv browser run reset test test-fast chaos bench lint format lock compose-check clean
 
 venv: $(STAMP) $(SPARK_JAR) $(SPARK_CLASSES)
 
@@ -39,6 +39,11 @@ $(SPARK_CLASSES): $(STAMP)
 run: venv
 	$(BIN)/lambdaflow up
 
+# The broker keeps its topics under <data dir>/broker across runs; this empties the data directory but its
+# secrets, so the next `make run` starts afresh (the broker alone cannot go: see lambdaflow/reset.py).
+reset: venv
+	$(BIN)/lambdaflow reset
+
 # The dashboard test renders the page in Debian's headless Chromium (~25 s to install, once).
 browser:
 	@command -v chromium >/dev/null || (echo "installing Debian's chromium for the dashboard test" && \
@@ -50,6 +55,11 @@ test: venv browser
 
 test-fast: venv
 	$(BIN)/pytest -m "not integration"
+
+# SIGKILLs of the streaming app, broker restarts and a serving kill under load, with the summary printed
+# (also part of `make test`).
+chaos: venv
+	$(BIN)/pytest -m chaos -s tests/chaos
 
 bench: venv
 	$(BIN)/python -m benchmarks

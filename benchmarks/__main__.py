@@ -1,5 +1,5 @@
-"""`python -m benchmarks [producer] [archiver] [freshness] [speed] [batch] [serving]`: run benchmarks (all by
-default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark (default 3)."""
+"""`python -m benchmarks [producer] [archiver] [broker] [freshness] [speed] [batch] [serving]`: run benchmarks
+(all by default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark (default 3)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from benchmarks.common import report
 GROUPS = {
     "producer": ingestion,
     "archiver": ingestion,
+    "broker": ingestion,
     "freshness": speed,
     "speed": speed,
     "batch": batch,

@@ -152,7 +152,8 @@ def run_with_broker(selected: set[str], benchmarks: dict[str, Callable[..., list
     results: list[Result] = []
     with (
         tempfile.TemporaryDirectory(prefix="lambdaflow-bench-") as temporary,
-        EmbeddedBroker("127.0.0.1", free_port()) as broker,
+        # memory storage: these benchmarks measure the pipeline, not the broker's storage (see `broker`)
+        EmbeddedBroker("127.0.0.1", free_port(), storage="memory") as broker,
     ):
         for name, benchmark in benchmarks.items():
             if not selected or name in selected:

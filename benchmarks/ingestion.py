@@ -1,18 +1,25 @@
-"""Ingestion benchmarks: one producer process's throughput; the archiver's sustained rate into the lake."""
+"""Ingestion benchmarks: one producer process's throughput; the archiver's sustained rate into the lake; the
+embedded broker's produce and consume throughput with durable storage beside memory storage."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import statistics
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, Result, lambdaflow, peak_rss_mib, run_with_broker
-from lambdaflow.broker import EmbeddedBroker
+from benchmarks.common import RESULTS, PeakMemory, Result, lambdaflow, peak_rss_mib, run_with_broker
+from lambdaflow.broker import EmbeddedBroker, free_port
 
-RUNS = 3
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PRODUCER_RECORDS = 300_000
 ARCHIVE_RECORDS_PER_TOPIC = 500_000
+BROKER_RECORDS = 100_000
+BROKER_RECORD_BYTES = 300
+BROKER_LATENCY_SAMPLES = 200
 SENT = re.compile(r"sent ([\d,]+) records in ([\d.]+) s \(([\d,]+)/s\)")
 BATCH = re.compile(r"archiver batch (\d+): (\d+) records .* in ([\d.]+) s")
 
@@ -96,5 +103,119 @@ def archiver_throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
     return [result]
 
 
+def broker_storage(_: EmbeddedBroker, work: Path) -> list[Result]:
+    """Produce then consume `BROKER_RECORDS` records of `BROKER_RECORD_BYTES` over 4 partitions with
+    librdkafka (so that the client is not the bound), on a fresh broker of each storage per run; plus one
+    record at a time (send, wait for its acknowledgement) and, for durable storage, a restart over the
+    data."""
+    rates: dict[tuple[str, str], list[float]] = {}
+    latencies: dict[str, list[float]] = {"memory": [], "durable": []}
+    restarts, stored_mib, peaks = [], [], {}
+    logs = RESULTS / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for run in range(RUNS):
+        for storage in ("memory", "durable"):
+            directory = work / f"broker-{run}"
+            log = logs / f"broker-{storage}-{run + 1}.log"
+            where = "memory" if storage == "memory" else directory
+            with EmbeddedBroker("127.0.0.1", free_port(), log_path=log, storage=where) as broker:
+                _create_bench_topic(broker.bootstrap_servers)
+                rates.setdefault(("produce", storage), []).append(_produce_rate(broker.bootstrap_servers))
+                rates.setdefault(("consume", storage), []).append(_consume_rate(broker.bootstrap_servers))
+                latencies[storage] += _one_at_a_time_ms(broker.bootstrap_servers)
+                processes = [broker.process, *([broker.object_store.process] if broker.object_store else [])]
+                peaks.setdefault(storage, []).append(sum(peak_rss_mib(p.pid) for p in processes if p))
+            if storage == "durable":
+                stored_mib.append(sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20)
+                started = time.monotonic()
+                with EmbeddedBroker("127.0.0.1", free_port(), storage=directory):
+                    restarts.append(time.monotonic() - started)
+                shutil.rmtree(directory, ignore_errors=True)
+    results = []
+    for (direction, storage), runs in rates.items():
+        result = Result(f"broker: {direction}, {storage} storage", "records/s", runs)
+        result.notes["records per run"] = f"{BROKER_RECORDS:,} x {BROKER_RECORD_BYTES} B, 4 partitions"
+        if storage == "durable":
+            memory = statistics.median(rates[direction, "memory"])
+            result.notes["durable / memory"] = f"{result.median / memory:.2f}"
+        if direction == "consume":
+            results.append(result)
+            continue
+        samples = sorted(latencies[storage])
+        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+        result.notes["one record at a time, send to acknowledgement"] = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        what = "Tansu + SeaweedFS" if storage == "durable" else "Tansu"
+        result.notes[f"peak memory ({what})"] = f"{max(peaks[storage]):,.0f} MiB"
+        if storage == "durable":
+            result.notes["restart over the data, until Kafka answers"] = (
+                f"{statistics.median(restarts):.1f} s (object store, then Tansu)"
+            )
+            result.notes["storage on disk after a run"] = f"{statistics.median(stored_mib):,.0f} MiB"
+        results.append(result)
+    return results
+
+
+def _create_bench_topic(bootstrap_servers: str) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic("bench_broker", 4, 1)])
+    finally:
+        admin.close()
+
+
+def _produce_rate(bootstrap_servers: str) -> float:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5, "acks": "all"})
+    value = b"x" * BROKER_RECORD_BYTES
+    started = time.monotonic()
+    for number in range(BROKER_RECORDS):
+        while True:
+            try:
+                producer.produce("bench_broker", value, key=str(number % 1000).encode())
+                break
+            except BufferError:  # librdkafka's queue is full: let it send
+                producer.poll(0.01)
+    if producer.flush(60):
+        raise RuntimeError("the broker did not acknowledge every record within 60 s")
+    return BROKER_RECORDS / (time.monotonic() - started)
+
+
+def _consume_rate(bootstrap_servers: str) -> float:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "bench", "fetch.wait.max.ms": 50,
+                         "enable.auto.commit": False, "fetch.max.bytes": 64 * 2**20})  # fmt: skip
+    consumer.assign([TopicPartition("bench_broker", p, OFFSET_BEGINNING) for p in range(4)])
+    read, started = 0, time.monotonic()
+    deadline = started + 120
+    try:
+        while read < BROKER_RECORDS:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"read {read:,} of {BROKER_RECORDS:,} records in 120 s")
+            read += sum(1 for m in consumer.consume(num_messages=50_000, timeout=0.5) if m.error() is None)
+        return read / (time.monotonic() - started)
+    finally:
+        consumer.close()
+
+
+def _one_at_a_time_ms(bootstrap_servers: str) -> list[float]:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 0, "acks": "all"})
+    value, samples = b"x" * BROKER_RECORD_BYTES, []
+    for number in range(BROKER_LATENCY_SAMPLES):
+        started = time.monotonic()
+        producer.produce("bench_broker", value, key=str(number).encode())
+        producer.flush(10)
+        samples.append((time.monotonic() - started) * 1000)
+    return samples
+
+
 def run(selected: set[str]) -> list[Result]:
-    return run_with_broker(selected, {"producer": producer_throughput, "archiver": archiver_throughput})
+    return run_with_broker(
+        selected,
+        {"producer": producer_throughput, "archiver": archiver_throughput, "broker": broker_storage},
+    )

