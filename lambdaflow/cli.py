@@ -166,37 +166,39 @@ def cli(verbose: bool) -> None:
 @click.option("--host", help="Listen address [LAMBDAFLOW_BROKER_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Listen port [LAMBDAFLOW_BROKER_PORT, default 9092].")
 def broker(host: str | None, port: int | None) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu, in memory) and create the topics; Ctrl-C stops it."""
+    """Run the embedded Kafka-compatible broker (Tansu) and create the topics; Ctrl-C stops it. Its data is
+    kept under <data dir>/broker across restarts (LAMBDAFLOW_BROKER_STORAGE=memory: lost when it stops)."""
     from ingestion.topics import ensure_topics, topic_plan
     from lambdaflow.broker import EmbeddedBroker
 
     settings = _settings(broker_host=host, broker_port=port)
-    embedded = EmbeddedBroker(settings.broker_host, settings.broker_port)
+    storage = settings.embedded_broker_storage
+    embedded = EmbeddedBroker(settings.broker_host, settings.broker_port, storage=storage)
     started = time.monotonic()
     with embedded:
         plan = topic_plan(settings)
         created = ensure_topics({"bootstrap_servers": embedded.bootstrap_servers}, plan)
+        stop = _stop_requested()  # before the ready line: whoever waits for it may Ctrl-C at once
         log.info(
-            "broker ready on %s in %.1f s; topics %s (created %s); storage in memory — Ctrl-C to stop",
+            "broker ready on %s in %.1f s; topics %s (created %s); storage %s — Ctrl-C to stop",
             embedded.bootstrap_servers, time.monotonic() - started,
             ", ".join(f"{name}[{parts}]" for name, parts in plan.items()), ", ".join(created) or "none",
+            embedded.storage_description,
         )  # fmt: skip
-        _wait_for_signal(lambda: embedded.process is not None and embedded.process.poll() is None)
-        if embedded.process is not None and embedded.process.poll() is not None:
-            _fail(f"the broker exited unexpectedly with code {embedded.process.returncode}")
+        while not stop.wait(0.2) and embedded.failure() is None:
+            pass
+        failure = embedded.failure()
+        if failure:
+            _fail(failure)
     log.info("broker stopped")
 
 
-def _wait_for_signal(alive: Callable[[], bool]) -> None:
-    stop = {"now": False}
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    while not stop["now"] and alive():
-        time.sleep(0.2)
+def _stop_requested() -> threading.Event:
+    """An event that the next SIGINT or SIGTERM sets, instead of raising KeyboardInterrupt or exiting."""
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
 
 
 @cli.command()
@@ -312,30 +314,64 @@ def produce(
         sys.exit(1)
 
 
-def run_until_stopped(queries: list[Any]) -> None:
-    """Wait until the streaming queries end (`--once`), one fails, or SIGINT/SIGTERM arrives; then stop the
-    others. The signals only set a flag: a KeyboardInterrupt raised inside a py4j call broke the gateway's
-    connection, and the queries could then not be stopped cleanly. Stopped queries resume from their
-    checkpoints."""
+def run_until_stopped(queries: list[Any], settings: Settings | None = None) -> None:
+    """Wait until the streaming queries end (`--once`), one fails, or SIGINT/SIGTERM arrives. A signal drains:
+    with `settings`, the queries first process what the broker holds then (for at most
+    `stream_drain_seconds`; a second signal stops at once), then each stops between micro-batches and
+    resumes from its checkpoint. The signals only set flags: a KeyboardInterrupt raised inside a py4j call
+    broke the gateway's connection, and the queries could then not be stopped cleanly."""
     from lambdaflow.spark import stop_between_micro_batches
 
-    stopping = threading.Event()
-    previous = {number: signal.signal(number, lambda *_: stopping.set()) for number in _STOP_SIGNALS}
+    stopping, at_once = threading.Event(), threading.Event()
+
+    def request_stop(*_: Any) -> None:
+        if stopping.is_set():
+            at_once.set()
+        stopping.set()
+
+    previous = {number: signal.signal(number, request_stop) for number in _STOP_SIGNALS}
     try:
         while not stopping.wait(1.0):
             if not any(query.isActive for query in queries):
                 break
             if any(query.exception() is not None for query in queries):
                 break
+        if stopping.is_set() and settings is not None and settings.stream_drain_seconds > 0:
+            _drain(queries, settings, at_once)
+        if stopping.is_set():
+            names = ", ".join(query.name for query in queries)
+            log.info("stopping the streaming queries (%s); they resume from their checkpoints", names)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if stopping.is_set():
-        names = ", ".join(query.name for query in queries)
-        log.info("stopping the streaming queries (%s); they resume from their checkpoints", names)
     for query in queries:
         if query.isActive:
             stop_between_micro_batches(query)
+
+
+def _drain(queries: list[Any], settings: Settings, at_once: threading.Event) -> None:
+    from kafka.errors import KafkaError
+
+    from lambdaflow.kafka_source import broker_end_offsets
+    from lambdaflow.spark import drain
+
+    running = [query for query in queries if query.isActive]
+    try:
+        ends = broker_end_offsets(settings.kafka_source_options(), list(settings.topics))
+    except (KafkaError, OSError, ValueError) as exc:  # the broker is gone: nothing more to read from it
+        log.warning("stopping without draining: the broker's end offsets are unknown (%s)", exc)
+        return
+    log.info("draining: %s process what the broker holds (at most %.0f s; a second Ctrl-C stops at once)",
+             ", ".join(query.name for query in running), settings.stream_drain_seconds)  # fmt: skip
+    left = drain(running, ends, settings.stream_drain_seconds, at_once)
+    unfinished = {name: count for name, count in left.items() if count != 0}
+    if unfinished:
+        counts = ", ".join(
+            f"{name} {'?' if count is None else f'{count:,}'}" for name, count in unfinished.items()
+        )
+        log.warning("drain timed out with records not yet processed (%s)", counts)
+    else:
+        log.info("drained: every query processed what the broker held")
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -346,15 +382,15 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def archive(once: bool) -> None:
     """Run the lake archiver: valid events to lake/raw, invalid records to lake/quarantine and dead_letter."""
     from ingestion.archiver import start_archiver, status_path
-    from lambdaflow.spark import spark_session
+    from lambdaflow.spark import failure_line, spark_session
 
     settings = _settings()
     spark = spark_session(settings, "lambdaflow-archiver")
     query = start_archiver(spark, settings, once=once)
     log.info("archiver started (%s); lake at %s", "once" if once else "continuous", settings.lake_dir)
-    run_until_stopped([query])
+    run_until_stopped([query], settings)
     if query.exception() is not None:
-        _fail(f"archiver failed: {query.exception()}")
+        _fail(f"archiver failed: {failure_line(query)}")
     log.info("archiver stopped; status in %s", status_path(settings))
 
 
@@ -364,9 +400,15 @@ def archive(once: bool) -> None:
 def stream(once: bool, only: str | None) -> None:
     """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
     from ingestion.archiver import start_archiver
-    from lambdaflow.spark import streaming_session
+    from lambdaflow.spark import failure_line, streaming_session
     from lambdaflow.views import VIEWS
-    from speed.streams import ProgressRecorder, speed_queries, start_speed_query
+    from speed.streams import (
+        BrokerEndOffsets,
+        ProgressRecorder,
+        serve_stream_metrics,
+        speed_queries,
+        start_speed_query,
+    )
 
     known = ["archiver", *VIEWS, "alerts"]
     selected = [name.strip() for name in only.split(",")] if only else known
@@ -377,16 +419,22 @@ def stream(once: bool, only: str | None) -> None:
         )
     settings = _settings()
     spark = streaming_session(settings)
-    recorder = ProgressRecorder(settings.resolved_store_url)
+    # the broker's end offsets besides Spark's progress: lag, and a stalled query told from a stopped stream
+    recorder = ProgressRecorder(settings.resolved_store_url, BrokerEndOffsets(settings))
     spark.streams.addListener(recorder)
+    recorder.start()
+    metrics = serve_stream_metrics(recorder, settings)
     queries = [start_archiver(spark, settings, once=once)] if "archiver" in selected else []
     for contract, parts in speed_queries(selected).items():  # one query per topic
         queries.append(start_speed_query(spark, settings, contract, parts, once=once))
     log.info("streaming %s (%s); store %s", ", ".join(selected), "once" if once else "continuous",
              settings.resolved_store_url)  # fmt: skip
-    run_until_stopped(queries)
-    failed = [f"{q.name}: {q.exception()}" for q in queries if q.exception() is not None]
+    run_until_stopped(queries, settings)
+    failed = [f"{q.name}: {failure_line(q)}" for q in queries if q.exception() is not None]
     spark.streams.removeListener(recorder)  # before the JVM outlives the Python callback server
+    recorder.stop()
+    if metrics is not None:
+        metrics.shutdown()
     spark.stop()
     if failed:
         _fail("; ".join(failed))
@@ -461,14 +509,39 @@ def serve(host: str | None, port: int | None) -> None:
     show_default=True,
     help="Demo user-activity events per second.",
 )
-def up(iot_rate: float, activity_rate: float) -> None:
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Run the demo producers (without them, produce your own events).")  # fmt: skip
+def up(iot_rate: float, activity_rate: float, demo: bool) -> None:
     """Start the embedded stack with demo data (what `make run` does); Ctrl-C stops every part."""
     from lambdaflow.stack import AlreadyRunning, run_stack
 
     try:
-        sys.exit(run_stack(_settings(), iot_rate, activity_rate))
+        sys.exit(run_stack(_settings(), iot_rate, activity_rate, demo))
     except AlreadyRunning as exc:
         _fail(str(exc))
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask before deleting.")
+def reset(yes: bool) -> None:
+    """Empty the data directory (all but secrets/) so that `make run` starts afresh: the broker's topics and
+    records go together with the checkpoints, lake, store and Airflow state that refer to their offsets."""
+    from lambdaflow.reset import ResetRefused, check_resettable, reset_data_dir, reset_targets
+
+    settings = _settings()
+    try:
+        check_resettable(settings)
+        targets = reset_targets(settings)
+        if not targets:
+            click.echo(f"nothing to reset in {settings.data_dir.resolve()}", err=True)
+            return
+        if not yes:
+            names = ", ".join(path.name for path in targets)
+            click.confirm(f"delete {names} in {settings.data_dir.resolve()} (secrets/ stays)?", abort=True)
+        removed = reset_data_dir(settings)
+    except ResetRefused as exc:
+        _fail(f"not reset: {exc}")
+    click.echo(f"reset {settings.data_dir.resolve()}: removed {', '.join(p.name for p in removed)}", err=True)
 
 
 def main() -> None:

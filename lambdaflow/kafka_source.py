@@ -9,14 +9,20 @@ option `contract` (the subscribed topics' event contract; and `maxFutureSeconds`
 it reads them and gives that contract's event columns, the Kafka coordinates and an `_invalid` flag instead
 (see `lambdaflow.records.ParseValid`).
 
-Offsets are `{"<topic>:<partition>": next_offset}`; each micro-batch has one input partition per Kafka
-partition with new data, so a replayed batch reads exactly the same records. End offsets come from a Fetch
-response's high watermark (`EndOffsetProbe`), not ListOffsets: correct on Apache Kafka, and on Tansu, whose
-ListOffsets(LATEST) answers the base offset of the last record batch + 1.
+Offsets are `{"<topic>:<partition>": next_offset}` plus each topic's id (`topic_ids`); each micro-batch has
+one input partition per Kafka partition with new data, so a replayed batch reads exactly the same records.
+Offsets never go missing silently (the option `failOnDataLoss`, default true, as in Spark's own source): a
+checkpoint past a partition's end, a partition that is gone, a topic whose id changed (recreated) or records
+deleted before they were read stop the query with one line naming topic, partition and offsets; with
+`failOnDataLoss=false` the source logs that line as a warning and goes on from the earliest offsets.
+
+End offsets come from a Fetch response's high watermark (`EndOffsetProbe`), not ListOffsets: correct on
+Apache Kafka, and on Tansu, whose ListOffsets(LATEST) answers the base offset of the last record batch + 1.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,7 +46,12 @@ from pyspark.sql.types import StructType
 from lambdaflow.contracts import MODELS
 from lambdaflow.records import ParseValid, flagged_schema
 
+log = logging.getLogger(__name__)
+
 FORMAT = "lambdaflow_kafka"
+# Offset entries that are not a partition's position: each topic's id when the offsets were taken, and the
+# partitions a micro-batch reads from their earliest offset after a loss it was told to go on from.
+TOPIC_IDS, RESETS = "topic_ids", "resets"
 SCHEMA = "topic string, partition int, offset long, timestamp timestamp, key binary, value binary"
 ARROW_SCHEMA = pa.schema(
     [
@@ -99,6 +110,26 @@ def parse_offset_key(key: str) -> TopicPartition:
     return TopicPartition(topic, int(partition))
 
 
+def positions(offsets: Mapping[str, Any]) -> dict[str, int]:
+    """The partitions' positions in a source offset (topic names cannot hold a colon; the other entries
+    have none)."""
+    return {key: int(value) for key, value in offsets.items() if ":" in key}
+
+
+class DataLossError(RuntimeError):
+    """Offsets went missing; the message is one line naming the topic, partitions and offsets."""
+
+
+def data_loss_line(losses: list[str], fail: bool) -> str:
+    what = "; ".join(losses)
+    if fail:
+        return (
+            f"data loss: {what}. Records were lost or the topic is not the one checkpointed; set "
+            "LAMBDAFLOW_FAIL_ON_DATA_LOSS=false (failOnDataLoss) to go on from the earliest offsets"
+        )
+    return f"data loss: {what}; going on from the earliest offsets (failOnDataLoss=false)"
+
+
 # A Fetch at this offset is past the end of any partition (see EndOffsetProbe).
 PAST_ANY_END = 2**62
 
@@ -117,6 +148,7 @@ class EndOffsetProbe:
             **config,
             enable_auto_commit=False,
             group_id=None,
+            allow_auto_create_topics=False,  # asking about a topic must not create it (Tansu does anyway)
             auto_offset_reset="latest",  # taken only by a broker that refuses a Fetch past the end
             max_partition_fetch_bytes=1,  # only the Fetch answers' high watermarks are used
             fetch_max_wait_ms=10,  # Tansu answers nothing to a Fetch with max wait 0
@@ -155,8 +187,32 @@ class EndOffsetProbe:
     def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         return self._consumer.beginning_offsets(partitions)
 
+    def topic_ids(self, topics: list[str], wait_s: float = 0.0) -> dict[str, str]:
+        """Each topic's id (a recreated topic gets a new one), where the broker gives ids. Asks for fresh
+        metadata; waits up to `wait_s` for it, else the answer arrives in the background for the next call
+        (a metadata round trip each micro-batch would cost ~0.1 s of Tansu's request backoff)."""
+        cluster = self._consumer._client.cluster  # kafka-python keeps the ids only there
+        deadline = time.monotonic() + wait_s
+        # waiting, twice: an update already under way may have been asked for before the change
+        for _ in range(2 if wait_s > 0 else 1):
+            update = cluster.request_update()
+            while not update.is_done and time.monotonic() < deadline:
+                self._consumer.poll(timeout_ms=5)
+        found = {topic: cluster.topic_id(topic) for topic in topics}
+        return {topic: str(found_id) for topic, found_id in found.items() if found_id is not None}
+
     def close(self) -> None:
         self._consumer.close()
+
+
+def broker_end_offsets(options: Mapping[str, str], topics: list[str]) -> dict[str, int]:
+    """Each partition's end offset on the broker now, keyed like the source's offsets."""
+    probe = EndOffsetProbe(client_config(options))
+    try:
+        ends = probe.end_offsets(probe.partitions(topics))
+    finally:
+        probe.close()
+    return {offset_key(tp.topic, tp.partition): end for tp, end in ends.items()}
 
 
 @dataclass(frozen=True)
@@ -214,28 +270,31 @@ def rdkafka_client_config(config: dict[str, Any]) -> dict[str, Any]:
     return {_RDKAFKA_NAMES[name]: value for name, value in config.items() if value is not None}
 
 
-# Consumers reused across micro-batches within one Python worker (Spark reuses its Python workers).
-_WORKER_CONSUMERS: dict[tuple, Consumer] = {}
-
-
-def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Iterator[pa.RecordBatch]:
+def read_ranges(
+    config: dict[str, Any], ranges: tuple[KafkaRange, ...], fail_on_data_loss: bool = True
+) -> Iterator[pa.RecordBatch]:
     """Read offsets [start, end) of each range (one per Kafka partition) as Arrow record batches.
 
     All ranges are assigned at once, so one Fetch answers for every partition: reading them in turn waited a
     Fetch round trip each, and Tansu holds a Fetch for its max wait (`fetch.wait.max.ms`) before answering —
     a trickle over 4 partitions took ~220 ms a micro-batch to read, ~20 ms this way. Records are read with
     librdkafka (confluent-kafka: ~4 µs a record here, where kafka-python's decoding in Python took ~13); the
-    driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`)."""
-    cache_key = tuple(sorted(config.items()))
-    consumer = _WORKER_CONSUMERS.get(cache_key)
-    if consumer is None:
-        consumer = _WORKER_CONSUMERS[cache_key] = Consumer(rdkafka_config(config))
+    driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`).
+
+    Each read has its own consumer, closed at its end: a consumer kept in the Python worker between reads
+    took ~57 ms for a read of 80 records where a new one took ~8 ms, creation and close included (Tansu
+    seems to hold an established fetch session's Fetch for its full max wait; ~11 % slower for 56,000
+    records), and librdkafka 2.16 crashed the worker in a kept consumer's background metadata refresh when
+    a topic it had read was deleted or recreated. A range whose first record comes after its start lost the
+    records before it (retention deleted them before they were read): see `failOnDataLoss`."""
+    consumer = Consumer(rdkafka_config(config))
     pending = {(part.topic, part.partition): part for part in ranges if part.end > part.start}
     position = {key: part.start for key, part in pending.items()}
+    unread = set(pending)  # ranges no record of which has arrived yet
     columns: dict[str, list] = {name: [] for name in ARROW_SCHEMA.names}
-    consumer.incremental_assign([KafkaTopicPartition(*key, position[key]) for key in pending])
     deadline = time.monotonic() + READ_STALL_S
     try:
+        consumer.incremental_assign([KafkaTopicPartition(*key, position[key]) for key in pending])
         while pending:
             if time.monotonic() > deadline:
                 (topic, number), part = next(iter(pending.items()))
@@ -258,6 +317,10 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                 if part is None:  # prefetched past a range finished earlier
                     continue
                 offset = message.offset()
+                if key in unread:
+                    unread.discard(key)
+                    if offset > part.start:  # librdkafka resumed at the earliest record kept
+                        _report_data_loss(part, offset, fail_on_data_loss)
                 if offset >= part.end:  # prefetched past its range
                     position[key] = part.end
                     continue
@@ -272,18 +335,25 @@ def read_ranges(config: dict[str, Any], ranges: tuple[KafkaRange, ...]) -> Itera
                     yield _batch(columns)
                     deadline = time.monotonic() + READ_STALL_S  # Spark took the batch in its own time
             # A finished range's partition is unassigned at once: an assigned partition is fetched again and
-            # again, and on Tansu each Fetch below the end lists every batch the partition holds. (Not paused:
-            # librdkafka keeps a pause across assignments, so the worker's next read would wait for ever.)
+            # again, and on Tansu each Fetch below the end lists every batch the partition holds.
             finished = [key for key, part in pending.items() if position[key] >= part.end]
             if finished:
                 consumer.incremental_unassign([KafkaTopicPartition(*key) for key in finished])
                 for key in finished:
                     del pending[key]
-    finally:  # what is still pending is still assigned (a failed or abandoned read)
-        if pending:
-            consumer.incremental_unassign([KafkaTopicPartition(*key) for key in pending])
+    finally:
+        consumer.close()
     if columns["offset"]:
         yield _batch(columns)
+
+
+def _report_data_loss(part: KafkaRange, first: int, fail: bool) -> None:
+    lost = min(first, part.end) - part.start
+    line = data_loss_line([f"{part.topic}:{part.partition} offsets {part.start} to {first - 1} are gone "
+                           f"({lost:,} records of this micro-batch)"], fail)  # fmt: skip
+    if fail:
+        raise DataLossError(line)
+    log.warning(line)
 
 
 def _batch(columns: dict[str, list]) -> pa.RecordBatch:
@@ -325,6 +395,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             raise ValueError("option 'startingOffsets' must be 'earliest' or 'latest'")
         max_rows = options.get("maxOffsetsPerTrigger")
         self.max_rows = int(max_rows) if max_rows else None
+        fail = options.get("failOnDataLoss", "true").lower()
+        if fail not in ("true", "false"):
+            raise ValueError("option 'failOnDataLoss' must be 'true' or 'false'")
+        self.fail_on_data_loss = fail == "true"
+        self._ids_checked = False  # the first check after a (re)start waits for fresh metadata
+        self._broker_ends: dict[str, int] | None = None
         self._probe: EndOffsetProbe | None = None
         self._available_now_target: dict[str, int] | None = None
 
@@ -345,12 +421,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             offset_key(tp.topic, tp.partition): end for tp, end in self.probe.end_offsets(partitions).items()
         }
 
-    def initialOffset(self) -> dict[str, int]:
+    def initialOffset(self) -> dict[str, Any]:
+        ids = self.probe.topic_ids(self.topics, wait_s=5.0)
         if self.starting == "latest":
-            return self._end_offsets()
+            return {**self._end_offsets(), TOPIC_IDS: ids}
         partitions = self.probe.partitions(self.topics)
         begins = self.probe.beginning_offsets(partitions)
-        return {offset_key(tp.topic, tp.partition): begins[tp] for tp in partitions}
+        return {**{offset_key(tp.topic, tp.partition): begins[tp] for tp in partitions}, TOPIC_IDS: ids}
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
@@ -358,22 +435,70 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def prepareForTriggerAvailableNow(self) -> None:
         self._available_now_target = self._end_offsets()
 
-    def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
+    def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, Any]:
         ends = self._available_now_target or self._end_offsets()
-        start = {key: int(value) for key, value in start.items()}
-        ends = {key: max(end, start.get(key, 0)) for key, end in ends.items()}
+        self._broker_ends = dict(ends)
+        begins = positions(start)
+        # ids from the metadata the probe has (refreshed in the background), fresh after a restart or when
+        # the offsets alone show a loss, so a reset records the new topic's id and happens once
+        fresh = not self._ids_checked or any(at > ends.get(key, -1) for key, at in begins.items())
+        ids = self.probe.topic_ids(self.topics, wait_s=5.0 if fresh else 0.0)
+        self._ids_checked = True
+        resets = self._check_data_loss(begins, start.get(TOPIC_IDS) or {}, ends, ids)
+        # a partition that is gone is a loss: raised above, or dropped here when told to go on
+        begins = {key: resets.get(key, at) for key, at in begins.items() if key in ends}
         if isinstance(limit, ReadMaxRows):
-            ends = limit_rows(start, ends, limit.max_rows)
-        return {**start, **ends}
+            ends = limit_rows(begins, ends, limit.max_rows)
+        latest: dict[str, Any] = {**begins, **ends, TOPIC_IDS: {**(start.get(TOPIC_IDS) or {}), **ids}}
+        if resets:
+            latest[RESETS] = resets
+        return latest
+
+    def _check_data_loss(
+        self, begins: dict[str, int], recorded_ids: dict[str, str], ends: dict[str, int], ids: dict[str, str]
+    ) -> dict[str, int]:
+        """The partitions (that still exist) to read from their earliest offset because their checkpointed
+        position went missing; raises `DataLossError` instead unless `failOnDataLoss` is false."""
+        losses, lost = [], []
+        for key, at in sorted(begins.items()):
+            tp = parse_offset_key(key)
+            was, now = recorded_ids.get(tp.topic), ids.get(tp.topic)
+            if tp.topic not in self.topics:
+                continue
+            if was and now and was != now:
+                losses.append(f"{key} was recreated (topic id {was} is now {now}); the checkpoint is at "
+                              f"offset {at}, the new partition ends at {ends.get(key, 0)}")  # fmt: skip
+            elif key not in ends:
+                losses.append(f"{key} no longer exists; the checkpoint is at offset {at}")
+            elif at > ends[key]:
+                losses.append(
+                    f"{key} ends at offset {ends[key]} but the checkpoint is at {at} "
+                    "(a fresh broker or a recreated topic)"
+                )
+            else:
+                continue
+            lost.append(tp)
+        if not losses:
+            return {}
+        line = data_loss_line(losses, self.fail_on_data_loss)
+        if self.fail_on_data_loss:
+            raise DataLossError(line)
+        log.warning(line)
+        found = [tp for tp in lost if offset_key(tp.topic, tp.partition) in ends]
+        earliest = self.probe.beginning_offsets(found) if found else {}
+        return {offset_key(tp.topic, tp.partition): earliest[tp] for tp in found}
 
     def reportLatestOffset(self) -> dict[str, int] | None:
-        return None
+        """The broker's end offsets as last probed (before any `maxOffsetsPerTrigger` cap): Spark's progress
+        shows them as the source's `latestOffset`, from which the lag is read."""
+        return self._broker_ends
 
-    def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[InputPartition]:
+    def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[InputPartition]:
         ranges = []
-        for key, stop in sorted(end.items()):
+        resets = end.get(RESETS) or {}
+        for key, stop in sorted(positions(end).items()):
             tp = parse_offset_key(key)
-            begin = int(start.get(key, 0))
+            begin = int(resets.get(key, start.get(key, 0)))
             if int(stop) > begin:
                 ranges.append(KafkaRange(tp.topic, tp.partition, begin, int(stop)))
         if len(ranges) > 1 and sum(r.end - r.start for r in ranges) < SMALL_BATCH_ROWS:
@@ -382,7 +507,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         ranges = partition.ranges if isinstance(partition, KafkaRanges) else (partition,)
-        batches = read_ranges(self.config, ranges)  # type: ignore[arg-type]
+        batches = read_ranges(self.config, ranges, self.fail_on_data_loss)  # type: ignore[arg-type]
         return self.parse(batches) if self.parse else batches
 
     def commit(self, end: dict[str, int]) -> None:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(9092, ge=1, le=65535)
+    # the embedded broker's records, topics and consumer offsets: kept under <data dir>/broker across restarts
+    # and crashes, or in memory and lost when it stops
+    broker_storage: Literal["durable", "memory"] = "durable"
 
     store_url: str | None = None
     spark_master: str = "local[2]"
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
 
     window_seconds: int = Field(300, ge=1, le=86_400)
     watermark_seconds: int = Field(600, ge=0)
+    # Offsets that went missing (a recreated topic, retention, a fresh broker) stop a query unless false, as
+    # with Spark's own Kafka source.
+    fail_on_data_loss: bool = True
+    # On SIGTERM/Ctrl-C the streaming app processes what the broker holds for at most this long, then stops.
+    stream_drain_seconds: float = Field(60.0, ge=0)
     session_gap_seconds: int = Field(1800, ge=1)
     max_future_seconds: int = Field(
         300, ge=0, description="events stamped further ahead of ingest are invalid"
@@ -82,7 +90,10 @@ class Settings(BaseSettings):
     # answers wholly before the batch horizon change only when a day is published: each worker keeps them
     # this long (0: never), so re-publishing an older day shows after at most this delay
     serve_cache_seconds: float = Field(10.0, ge=0)
-    health_stream_stale_seconds: float = Field(120.0, gt=0)  # a query silent this long counts as down
+    # a query silent this long counts as down; one with lag whose offsets stay put this long, as stalled
+    health_stream_stale_seconds: float = Field(120.0, gt=0)
+    # `lambdaflow stream`'s Prometheus endpoint on 127.0.0.1 (0: none)
+    stream_metrics_port: int = Field(9464, ge=0, le=65535)
 
     airflow_port: int = Field(8080, ge=1, le=65535)  # `lambdaflow up`: Airflow's UI and API on serve_host
     airflow_password: SecretStr | None = None  # `lambdaflow up`: Airflow's admin password (else generated)
@@ -153,6 +164,16 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "lake"
 
     @cached_property
+    def broker_dir(self) -> Path:
+        """The embedded broker's durable storage (a SeaweedFS S3 server's volumes and metadata)."""
+        return self.data_dir.resolve() / "broker"
+
+    @property
+    def embedded_broker_storage(self) -> Path | str:
+        """What `EmbeddedBroker(storage=…)` gets: `broker_dir`, or "memory"."""
+        return self.broker_dir if self.broker_storage == "durable" else "memory"
+
+    @cached_property
     def checkpoint_dir(self) -> Path:
         return self.data_dir.resolve() / "checkpoints"
 
@@ -176,11 +197,15 @@ class Settings(BaseSettings):
         return config
 
     def kafka_source_options(self) -> dict[str, str]:
-        """The same connection as `kafka.*` options of the `lambdaflow_kafka` Spark source."""
+        """The same connection as `kafka.*` options of the `lambdaflow_kafka` Spark source, and what it does
+        when offsets went missing."""
         return {
-            f"kafka.{name.replace('_', '.')}": str(value)
-            for name, value in self.kafka_client_config().items()
-            if value is not None
+            **{
+                f"kafka.{name.replace('_', '.')}": str(value)
+                for name, value in self.kafka_client_config().items()
+                if value is not None
+            },
+            "failOnDataLoss": str(self.fail_on_data_loss).lower(),
         }
 
     @property

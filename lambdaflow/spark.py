@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import threading
 import time
@@ -82,6 +84,61 @@ def stop_between_micro_batches(query: StreamingQuery, timeout_s: float = 60.0) -
         if not query.status["isTriggerActive"] or _MICRO_BATCH_ENDS.wait_past(query.name, ended, 0.05):
             break
     query.stop()
+
+
+def failure_line(query: StreamingQuery) -> str:
+    """One line for a failed query: the message of lambdaflow's own error where one is inside (written for
+    users, e.g. the Kafka source's data loss), else the first line of Spark's report."""
+    text = str(query.exception())
+    own = re.findall(r"^lambdaflow\.[\w.]+?(\w+Error): (.+)$", text, flags=re.MULTILINE)
+    if own:
+        return own[-1][1]
+    return next((line.strip() for line in text.splitlines() if line.strip()), "failed")
+
+
+def processed_offsets(query: StreamingQuery) -> dict[str, int] | None:
+    """The Kafka positions a query has processed (its last progress's end offsets); None before its first
+    progress."""
+    from lambdaflow.kafka_source import positions  # the Kafka clients, only where a stream runs
+
+    progress = query.lastProgress
+    if progress is None:
+        return None
+    found: dict[str, int] = {}
+    for source in progress.get("sources", []):
+        end = source.get("endOffset")
+        if isinstance(end, str):  # the offset's JSON, as some sources report it
+            end = json.loads(end) if end.startswith("{") else None
+        if isinstance(end, dict):
+            found.update(positions(end))
+    return found
+
+
+def records_left(query: StreamingQuery, ends: Mapping[str, int]) -> int | None:
+    """How many records of the broker's `ends` the query has not processed yet (None: not known yet)."""
+    done = processed_offsets(query)
+    if done is None:
+        return None
+    return sum(max(0, end - done[key]) for key, end in ends.items() if key in done)
+
+
+def drain(
+    queries: list[StreamingQuery], ends: Mapping[str, int], timeout_s: float, interrupted: threading.Event
+) -> dict[str, int | None]:
+    """Let the running queries process the broker's records up to `ends` (taken when the stop was asked
+    for), for at most `timeout_s` or until `interrupted`; then stop each between micro-batches. Returns the
+    records each query left unprocessed (they resume from its checkpoint)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not interrupted.is_set():
+        left = {query.name: records_left(query, ends) for query in queries if query.isActive}
+        if all(count == 0 for count in left.values()):
+            break
+        interrupted.wait(0.2)
+    left = {query.name: records_left(query, ends) for query in queries}
+    for query in queries:
+        if query.isActive:
+            stop_between_micro_batches(query)
+    return left
 
 
 ROCKSDB_STATE_STORE = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"

@@ -11,13 +11,17 @@ one is running instead of fighting over ports.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +36,60 @@ from lambdaflow.settings import Settings
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class StagedManager(Manager):
+    """honcho's process manager, stopping in stages: on Ctrl-C, SIGTERM or any process's exit, first the
+    producers, then the streaming app (signalled alone, not its process group, so its Spark JVM and Python
+    workers keep running while it drains what the broker holds), then the rest; a stage's processes get
+    SIGKILL after its patience. The broker, in this process, stops after them all. honcho alone signals every
+    process at once and kills them all 5 s after the first one exits. A second Ctrl-C signals every
+    remaining process again: the streaming app then stops without draining."""
+
+    def __init__(self, stages: list[tuple[tuple[str, ...], float]], alone: frozenset[str]) -> None:
+        super().__init__()
+        self.stages, self.alone = stages, alone
+        self._staged = threading.Event()
+
+    def terminate(self) -> None:
+        if self._terminating:
+            self._signal(self._running(), force=False)
+            return
+        self._terminating = True
+        threading.Thread(target=self._stop_in_stages, name="stop-in-stages", daemon=True).start()
+
+    def kill(self) -> None:
+        if self._staged.is_set():  # honcho's loop asks 5 s after the first exit; the stages decide till then
+            super().kill()
+
+    def _running(self, names: Iterable[str] | None = None) -> list[str]:
+        wanted = self._processes if names is None else [n for n in names if n in self._processes]
+        return [name for name in wanted if "returncode" not in self._processes[name]]
+
+    def _signal(self, names: list[str], force: bool) -> None:
+        for name in names:
+            pid = self._processes[name].get("pid")
+            if pid is None:
+                continue
+            self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {name} (pid {pid})\n")
+            with contextlib.suppress(ProcessLookupError):
+                if force:
+                    os.killpg(pid, signal.SIGKILL)
+                elif name in self.alone:
+                    os.kill(pid, signal.SIGTERM)
+                else:
+                    os.killpg(pid, signal.SIGTERM)
+
+    def _stop_in_stages(self) -> None:
+        staged = {name for names, _ in self.stages for name in names}
+        for names, patience in [*self.stages, (tuple(set(self._processes) - staged), 10.0)]:
+            running = self._running(names)
+            self._signal(running, force=False)
+            deadline = time.monotonic() + patience
+            while self._running(running) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._signal(self._running(running), force=True)
+        self._staged.set()
 
 
 @contextmanager
@@ -122,8 +180,10 @@ def airflow_env(settings: Settings, root: Path, secrets_: dict[str, Credential])
     }
 
 
-def demo_processes(settings: Settings, iot_rate: float, activity_rate: float) -> dict[str, list[str]]:
-    """The commands `up` runs besides the broker, by name."""
+def demo_processes(
+    settings: Settings, iot_rate: float, activity_rate: float, demo: bool = True
+) -> dict[str, list[str]]:
+    """The commands `up` runs besides the broker, by name (without the demo producers unless `demo`)."""
     command = [sys.executable, "-m", "lambdaflow.cli"]
     airflow = str(Path(sys.executable).parent / "airflow")
     demo_faults = [
@@ -136,11 +196,14 @@ def demo_processes(settings: Settings, iot_rate: float, activity_rate: float) ->
         "--malformed",
         "0.002",
     ]
+    producers = {
+        "iot": [*command, "produce", "iot", "--rate", str(iot_rate), *demo_faults],
+        "activity": [*command, "produce", "activity", "--rate", str(activity_rate), *demo_faults],
+    }
     return {
         "stream": [*command, "stream"],  # the lake archiver and the speed layer's view queries
         "serve": [*command, "serve"],
-        "iot": [*command, "produce", "iot", "--rate", str(iot_rate), *demo_faults],
-        "activity": [*command, "produce", "activity", "--rate", str(activity_rate), *demo_faults],
+        **(producers if demo else {}),
         "airflow-api": [
             airflow,
             "api-server",
@@ -170,7 +233,8 @@ def print_endpoints(settings: Settings, broker: EmbeddedBroker, secrets_: dict[s
         ("Data Docs (quality)", f"{web}:{settings.serve_port}/quality/"),
         ("Airflow UI", f"{web}:{settings.airflow_port}/  (DAG lambdaflow_batch, paused: unpause to run)"),
         ("  user admin, password", _shown(secrets_["airflow_password"])),
-        ("Kafka (Tansu, in memory)", broker.bootstrap_servers),
+        ("Kafka (Tansu)", broker.bootstrap_servers),
+        ("  storage", broker.storage_description),
         ("topics", ", ".join((*settings.topics, settings.topic_dead_letter, settings.topic_alerts))),
         ("lake (Parquet)", str(settings.lake_dir)),
         ("serving store", settings.resolved_store_url),
@@ -203,7 +267,9 @@ def migrate_airflow(env: dict[str, str], log_path: Path) -> None:
         raise RuntimeError(f"airflow db migrate failed (exit {done.returncode}); see {log_path}")
 
 
-def run_stack(settings: Settings, iot_rate: float = 20.0, activity_rate: float = 10.0) -> int:
+def run_stack(
+    settings: Settings, iot_rate: float = 20.0, activity_rate: float = 10.0, demo: bool = True
+) -> int:
     """Start the embedded stack and block until Ctrl-C; return the exit code."""
     from ingestion.topics import ensure_topics, topic_plan
 
@@ -219,13 +285,20 @@ def run_stack(settings: Settings, iot_rate: float = 20.0, activity_rate: float =
         env["LAMBDAFLOW_API_TOKEN"] = secrets_["api_token"].value
         migrate_airflow(env, logs / "airflow-db-migrate.log")
         with EmbeddedBroker(
-            settings.broker_host, settings.broker_port, log_path=logs / "broker.log"
+            settings.broker_host,
+            settings.broker_port,
+            log_path=logs / "broker.log",
+            storage=settings.embedded_broker_storage,
         ) as broker:
             ensure_topics({"bootstrap_servers": broker.bootstrap_servers}, topic_plan(settings))
             env["LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-            manager = Manager()
-            for name, command in demo_processes(settings, iot_rate, activity_rate).items():
-                manager.add_process(name, " ".join(command), env=env, cwd=str(root))
+            manager = StagedManager(
+                [(("iot", "activity"), 15.0), (("stream",), settings.stream_drain_seconds + 60.0)],
+                alone=frozenset({"stream"}),
+            )
+            for name, command in demo_processes(settings, iot_rate, activity_rate, demo).items():
+                # exec: the pid honcho holds is the program's own, which the streaming app's stop signals
+                manager.add_process(name, "exec " + " ".join(command), env=env, cwd=str(root))
             print_endpoints(settings, broker, secrets_)
             manager.loop()
             return manager.returncode or 0

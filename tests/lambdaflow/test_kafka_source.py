@@ -1,13 +1,20 @@
 """The Spark Kafka source against the real broker: exact ranges, admission control, availableNow."""
 
+import contextlib
+import logging
 import re
+import time
 
 import pytest
 from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from lambdaflow.kafka_source import (
     FORMAT,
     SMALL_BATCH_ROWS,
+    TOPIC_IDS,
+    DataLossError,
     EndOffsetProbe,
     KafkaRange,
     KafkaRanges,
@@ -92,7 +99,7 @@ def test_the_contract_option_validates_as_it_reads_and_names_a_bad_contract():
 
 
 def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(settings):
-    """One consumer per Python worker reads every range of a task at once, and then the next task's."""
+    """A task reads all its ranges at once, exactly, and the next task (its own consumer) its own."""
     topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
     values = [f"record-{n}".encode() for n in range(800)]
     produce_values(bootstrap, topic, values, [str(n % 11).encode() for n in range(800)])
@@ -107,7 +114,7 @@ def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(s
         return {(row["partition"], row["offset"]): row["value"] for row in rows}
 
     # the first halves (each partition's records go on past its range), then the second halves and an
-    # empty range, with the same consumer
+    # empty range, and the first halves again
     first = tuple(KafkaRange(topic, p, 0, end // 2) for p, end in sorted(ends.items()))
     second = (*(KafkaRange(topic, p, end // 2, end) for p, end in sorted(ends.items())),
               KafkaRange(topic, 0, ends[0], ends[0]))  # fmt: skip
@@ -192,3 +199,121 @@ def test_a_missing_topic_is_a_clear_error(spark, settings, tmp_path):
     )
     with pytest.raises(Exception, match="topic 'no_such_topic_here' does not exist"):
         collect_available(query, tmp_path / "c")
+
+
+def recreate_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
+    """Delete `topic` and create it again: what a fresh in-memory broker or an operator's mistake does."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+        # Tansu creates a topic on any metadata request naming it: a running query may have done it already
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        admin.close()
+
+
+def reader_for(settings, fail_on_data_loss: bool) -> KafkaStreamReader:
+    options = {**settings.kafka_source_options(), "subscribe": settings.topic_iot}
+    return KafkaStreamReader({**options, "failOnDataLoss": str(fail_on_data_loss).lower()})
+
+
+def read_all(reader: KafkaStreamReader, start: dict, end: dict) -> list[bytes]:
+    return [
+        bytes(value)
+        for part in reader.partitions(start, end)
+        for batch in reader.read(part)
+        for value in batch.column("value").to_pylist()
+    ]
+
+
+def test_a_checkpoint_of_a_recreated_topic_fails_in_one_line_or_goes_on_from_the_earliest(settings, caplog):
+    """A restarted reader (a new instance, as after `make run` again) against a topic recreated since its
+    checkpoint: by default one line naming the partitions and offsets; with failOnDataLoss=false a warning
+    and exactly the new topic's records. An old checkpoint without topic ids is caught by its offsets."""
+    bootstrap, topic = settings.kafka_bootstrap_servers, settings.topic_iot
+    before = [f"old-{n}".encode() for n in range(400)]
+    produce_values(bootstrap, topic, before, [str(n % 7).encode() for n in range(400)])
+    first = reader_for(settings, fail_on_data_loss=True)
+    checkpoint = first.latestOffset(first.initialOffset(), first.getDefaultReadLimit())
+    assert sorted(read_all(first, first.initialOffset(), checkpoint)) == sorted(before)
+    first.stop()
+
+    recreate_topic(bootstrap, topic)
+    after = [f"new-{n}".encode() for n in range(30)]  # fewer than before: every partition ends lower
+    produce_values(bootstrap, topic, after, [str(n % 7).encode() for n in range(30)])
+
+    strict = reader_for(settings, fail_on_data_loss=True)
+    with pytest.raises(DataLossError) as failure:
+        strict.latestOffset(checkpoint, strict.getDefaultReadLimit())
+    line = str(failure.value)
+    assert "\n" not in line and line.startswith("data loss: ")
+    assert f"{topic}:0 was recreated (topic id {checkpoint[TOPIC_IDS][topic]} is now" in line
+    assert f"the checkpoint is at offset {checkpoint[f'{topic}:0']}" in line
+    assert "LAMBDAFLOW_FAIL_ON_DATA_LOSS=false" in line
+    strict.stop()
+
+    without_ids = {key: value for key, value in checkpoint.items() if key != TOPIC_IDS}
+    strict = reader_for(settings, fail_on_data_loss=True)
+    with pytest.raises(DataLossError, match=rf"{topic}:\d ends at offset \d+ but the checkpoint is at \d+"):
+        strict.latestOffset(without_ids, strict.getDefaultReadLimit())
+    strict.stop()
+
+    lenient = reader_for(settings, fail_on_data_loss=False)
+    with caplog.at_level(logging.WARNING, logger="lambdaflow.kafka_source"):
+        resumed = lenient.latestOffset(checkpoint, lenient.getDefaultReadLimit())
+    assert "going on from the earliest offsets (failOnDataLoss=false)" in caplog.text
+    assert sorted(read_all(lenient, checkpoint, resumed)) == sorted(after)
+    # the next micro-batch goes on from there: nothing read twice, the new id kept
+    assert lenient.latestOffset(resumed, lenient.getDefaultReadLimit())[TOPIC_IDS] == resumed[TOPIC_IDS]
+    assert read_all(lenient, resumed, lenient.latestOffset(resumed, lenient.getDefaultReadLimit())) == []
+    assert resumed[TOPIC_IDS][topic] != checkpoint[TOPIC_IDS][topic]
+    lenient.stop()
+
+
+def run_until(query, done, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert query.exception() is None, query.exception()
+        assert time.monotonic() < deadline, "the query did not get there in time"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("fail_on_data_loss", [True, False])
+def test_a_topic_recreated_under_a_running_query(spark, settings, tmp_path, fail_on_data_loss):
+    """By default the query stops with the one line; with failOnDataLoss=false it reads every record of
+    both topics exactly once."""
+    bootstrap, topic = settings.kafka_bootstrap_servers, settings.topic_iot
+    rows: list[bytes] = []
+    stream = (
+        spark.readStream.format(FORMAT)
+        .options(**settings.kafka_source_options())
+        .option("subscribe", topic)
+        .option("failOnDataLoss", str(fail_on_data_loss).lower())
+        .load()
+    )
+    query = (
+        stream.writeStream.foreachBatch(lambda batch, _: rows.extend(bytes(r.value) for r in batch.collect()))
+        .option("checkpointLocation", str(tmp_path / "checkpoint"))
+        .trigger(processingTime="0.5 seconds")
+        .start()
+    )
+    try:
+        before = [f"old-{n}".encode() for n in range(300)]
+        produce_values(bootstrap, topic, before, [str(n % 5).encode() for n in range(300)])
+        run_until(query, lambda: len(rows) >= len(before))
+        recreate_topic(bootstrap, topic)
+        after = [f"new-{n}".encode() for n in range(50)]
+        produce_values(bootstrap, topic, after, [str(n % 5).encode() for n in range(50)])
+        if fail_on_data_loss:
+            with pytest.raises(Exception) as failure:
+                query.awaitTermination(120)
+            found = re.findall(r"data loss: [^\n]*", str(failure.value))
+            assert found and f"{topic}:" in found[0] and "LAMBDAFLOW_FAIL_ON_DATA_LOSS=false" in found[0]
+            assert sorted(rows) == sorted(before)  # nothing of the new topic was taken for the old one
+        else:
+            run_until(query, lambda: len(rows) >= len(before) + len(after))
+            time.sleep(2)  # a few more micro-batches: nothing may come twice
+            assert sorted(rows) == sorted(before + after)
+    finally:
+        query.stop()

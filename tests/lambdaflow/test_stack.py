@@ -1,6 +1,6 @@
 """`lambdaflow up` (what `make run` starts): demo data flows into the lake and, within seconds, out of the
 API with `source: speed`; Airflow answers with the admin password; every server listens on 127.0.0.1 only;
-one instance; Ctrl-C stops all."""
+one instance; Ctrl-C stops all, draining first; and Ctrl-C then `up` again loses and doubles nothing."""
 
 import json
 import os
@@ -10,29 +10,46 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
-from lambdaflow.broker import free_port
+from lambdaflow import store
+from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.kafka_source import broker_end_offsets
+from lambdaflow.settings import load_settings
+from tests import ground_truth
+from tests.batch.test_recompute import topic_events
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli
+from tests.ingestion.test_archiver import assert_lake_matches_topics
+from tests.speed.test_streams import compare, store_frame
 
 pytestmark = pytest.mark.integration
+RESTART_FAULTS = ["--duplicates", "0.05", "--late", "0.03", "--out-of-order", "0.1", "--malformed", "0.03"]
 
 
-def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
+def stack_env(data_dir) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAFLOW_")}
     env.update(
         PYTHONPATH=str(ROOT),
-        LAMBDAFLOW_DATA_DIR=str(tmp_path),
+        LAMBDAFLOW_DATA_DIR=str(data_dir),
         LAMBDAFLOW_BROKER_PORT=str(free_port()),
         LAMBDAFLOW_TRIGGER_SECONDS="0.5",
         LAMBDAFLOW_ARCHIVE_TRIGGER_SECONDS="0.5",
         LAMBDAFLOW_SERVE_PORT=str(free_port()),
         LAMBDAFLOW_AIRFLOW_PORT=str(free_port()),
         LAMBDAFLOW_AIRFLOW_PASSWORD="airflow-test-password",
+        LAMBDAFLOW_STREAM_METRICS_PORT="0",
     )
+    return env
+
+
+def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
+    env = stack_env(tmp_path)
     command = [*LAMBDAFLOW, "up", "--iot-rate", "50", "--activity-rate", "50"]
     stack = subprocess.Popen(
         command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -132,3 +149,88 @@ def airflow_answers(port: int) -> None:
             return
         assert time.monotonic() < deadline, f"the DAG was not loaded: {status} {dags}"
         time.sleep(2)
+
+
+def speed_progress(data_dir) -> dict[str, str | None]:
+    """Each speed query's newest event time in the store, once the stream has created its tables."""
+    engine = store.connect(f"sqlite:///{data_dir / 'serving.db'}", create=False)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(store.stream_progress)).mappings().all()
+    except DBAPIError:
+        rows = []
+    finally:
+        engine.dispose()
+    return {row["query"]: row["max_event_ts"] for row in rows}
+
+
+def start_stack(env: dict[str, str]) -> subprocess.Popen:
+    stack = subprocess.Popen([*LAMBDAFLOW, "up", "--no-demo"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not {"speed_iot_sensors", "speed_user_activity"} <= set(
+        speed_progress(Path(env["LAMBDAFLOW_DATA_DIR"]))
+    ):
+        assert stack.poll() is None, stack.stdout.read()
+        assert time.monotonic() < deadline, "the stream of `lambdaflow up` made no progress"
+        time.sleep(0.5)
+    return stack
+
+
+def stop_stack(stack: subprocess.Popen) -> str:
+    stack.send_signal(signal.SIGINT)
+    output, _ = stack.communicate(timeout=240)
+    assert "drained: every query processed what the broker held" in output, output[-4000:]
+    return output
+
+
+def test_ctrl_c_then_up_again_loses_and_doubles_nothing(tmp_path):
+    """Half the events, Ctrl-C of `lambdaflow up`, `up` again (the broker keeps its records on disk), the
+    other half: every valid record is in the lake once, the quarantine holds every invalid one, and the
+    speed views equal the pandas ground truth of the topics (without the late events, which speed drops)."""
+    env = stack_env(tmp_path)
+    broker = f"127.0.0.1:{env['LAMBDAFLOW_BROKER_PORT']}"
+    produce_env = {**env, "LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS": broker}
+
+    def produce(seed: int) -> None:
+        for kind in ("iot", "activity"):
+            run_cli(["produce", kind, "--count", "1500", "--rate", "500", "--seed", str(seed + len(kind)),
+                     *RESTART_FAULTS], produce_env)  # fmt: skip
+
+    stack = start_stack(env)
+    try:
+        run_cli(["produce", "iot", "--count", "50", "--rate", "0"], produce_env)  # sets the watermark first
+        deadline = time.monotonic() + 120
+        while speed_progress(tmp_path).get("speed_iot_sensors") is None:
+            assert time.monotonic() < deadline, "the speed layer saw no event"
+            time.sleep(0.5)
+        produce(seed=10)
+    finally:
+        stop_stack(stack)
+    stack = start_stack(env)
+    try:
+        produce(seed=20)
+    finally:
+        stop_stack(stack)
+
+    settings = load_settings(data_dir=tmp_path)
+    with EmbeddedBroker("127.0.0.1", free_port(), storage=settings.broker_dir) as reopened:
+        settings = load_settings(data_dir=tmp_path, kafka_bootstrap_servers=reopened.bootstrap_servers)
+        counts = {topic: sum(broker_end_offsets(settings.kafka_source_options(), [topic]).values())
+                  for topic in settings.topics}  # fmt: skip
+        assert counts[settings.topic_iot] == 50 + 2 * 1500 and counts[settings.topic_activity] == 2 * 1500
+        assert_lake_matches_topics(settings, counts)
+        for view, topic, contract in (
+            ("sensor_stats", settings.topic_iot, "iot_sensors"),
+            ("location_stats", settings.topic_iot, "iot_sensors"),
+            ("activity_stats", settings.topic_activity, "user_activity"),
+        ):
+            events = topic_events(settings, topic, contract, counts[topic])
+            in_time = events[
+                (events["_kafka_ts"] - events["ts"]) <= timedelta(seconds=settings.watermark_seconds)
+            ]
+            compare(
+                store_frame(settings, view),
+                ground_truth.VIEWS[view](ground_truth.clean_events(in_time)),
+                view,
+            )
