@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -160,7 +161,16 @@ stream_progress = Table(
     Column("late_rows", BigInteger, nullable=False),  # dropped behind the watermark, cumulative
     Column("max_event_ts", _TIME),
     Column("watermark", _TIME),
-    Column("updated_at", _TIME, nullable=False),
+    Column("updated_at", _TIME, nullable=False),  # the stream's last report on the query
+    # Added later, so nullable (see `_add_missing_columns`). Offsets are JSON, {"topic:partition": offset}.
+    Column("end_offsets", Text),  # the broker's end of each partition the query reads
+    Column("processed_offsets", Text),  # the next offset the query will process, per partition
+    Column("lag_records", BigInteger),  # the sum of end - processed
+    Column("progressed_at", _TIME),  # when the processed offsets last moved, or the lag was last 0
+    Column("input_rows_per_second", Float),
+    Column("processed_rows_per_second", Float),
+    Column("batch_duration_ms", BigInteger),  # the last micro-batch's
+    Column("alerts_fired", Text),  # JSON {rule: count}, cumulative
 )
 
 # The last micro-batch each speed query merged into the store, in the same transaction as its rows: a replayed
@@ -209,9 +219,24 @@ def connect(url: str, create: bool = True) -> Engine:
 @retry(retry=retry_if_exception_type(DBAPIError), stop=stop_after_attempt(4), wait=wait_random(0.05, 0.5),
        reraise=True)  # fmt: skip
 def _create_tables(engine: Engine) -> None:
-    """Create missing tables. Processes starting together race on PostgreSQL (the loser of a concurrent
-    CREATE TABLE gets a duplicate-key error); a retry then finds the tables there."""
+    """Create missing tables and columns. Processes starting together race on PostgreSQL (the loser of a
+    concurrent CREATE TABLE gets a duplicate-key error) and on a column added to an existing table (a
+    duplicate column); a retry then finds them there."""
     metadata.create_all(engine)
+    _add_missing_columns(engine, stream_progress)
+
+
+def _add_missing_columns(engine: Engine, table: Table) -> None:
+    """Add the columns a store created by an earlier version lacks (nullable ones: ALTER TABLE ADD COLUMN
+    needs no default for them on SQLite or PostgreSQL)."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
 
 def utc_naive(moment: datetime | None) -> datetime | None:

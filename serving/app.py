@@ -1,4 +1,4 @@
-"""The Flask app factory: settings in, an app with the API, health, dashboard and Data Docs out."""
+"""The Flask app factory: settings in, an app with the API, health, metrics, dashboard and Data Docs out."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from serving.auth import require_token
 from serving.dashboard import dashboard
 from serving.errors import error_response
 from serving.health import health
+from serving.metrics import instrument, metrics
 from serving.schemas import Error
 
 
@@ -75,9 +76,11 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     smorest.register_blueprint(api)
     smorest.register_blueprint(health)
     app.register_blueprint(dashboard)
+    app.register_blueprint(metrics)  # Prometheus text: outside the OpenAPI document
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/openapi.json",
                                                    config={"app_name": "lambdaflow API"}))  # fmt: skip
     app.register_error_handler(HTTPException, error_response)  # after flask-smorest's, so it wins
+    instrument(app)  # before the token check, so refused requests are counted and timed too
     if settings.api_token is not None:
         app.before_request(require_token(settings.api_token.get_secret_value()))
     return app

@@ -147,11 +147,36 @@ class BatchHealth(Strict):
     last_quality_run = fields.DateTime(required=True, allow_none=True)
 
 
+_OFFSETS = {"description": 'Per partition, {"topic:partition": offset}; {} before the first micro-batch'}
+
+
 class QueryHealth(Strict):
     query = fields.String(required=True)
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(("ok", "stalled", "down")),
+        metadata={"description": "down: no report for stale_after_seconds; stalled: lag, and the processed "
+                  "offsets not moving for as long"},
+    )  # fmt: skip
     batch_id = fields.Integer(required=True)
-    updated_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True, metadata={"description": "The stream's last report"})
     seconds_since_update = fields.Float(required=True)
+    seconds_since_progress = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Since the processed offsets last moved or the lag was last 0"},
+    )
+    end_offsets = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), required=True,
+        metadata={**_OFFSETS, "title": "The broker's end offsets"},
+    )  # fmt: skip
+    processed_offsets = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), required=True,
+        metadata={**_OFFSETS, "title": "The next offsets to process"},
+    )  # fmt: skip
+    lag_records = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "Records not processed yet: end - processed"}
+    )
     max_event_ts = fields.DateTime(required=True, allow_none=True)
     watermark = fields.DateTime(required=True, allow_none=True)
     input_rows = fields.Integer(required=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -54,11 +57,22 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
+def metrics_dir(settings: Settings, port: int) -> Path:
+    """Where this server's workers keep their Prometheus counts (`serving.metrics`): one directory per server,
+    emptied at start, or an earlier server's counts would be added to this one's."""
+    path = settings.data_dir.resolve() / "metrics" / f"serve-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections).
 
     No control socket: gunicorn's default is one per user (`~/.gunicorn/gunicorn.ctl`), so stopping one
     server would delete another's, and lambdaflow stops its servers by signal."""
+    # before the workers import prometheus_client: it picks multiprocess mode once, at its import
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings, port))
     _Gunicorn(
         settings,
         {
