@@ -43,8 +43,7 @@ class StagedManager(Manager):
     producers, then the streaming app (signalled alone, not its process group, so its Spark JVM and Python
     workers keep running while it drains what the broker holds), then the rest; a stage's processes get
     SIGKILL after its patience. The broker, in this process, stops after them all. honcho alone signals every
-    process at once and kills them all 5 s after the first one exits. A second Ctrl-C signals every
-    remaining process again: the streaming app then stops without draining."""
+    process at once and kills them all 5 s after the first one exits."""
 
     def __init__(self, stages: list[tuple[tuple[str, ...], float]], alone: frozenset[str]) -> None:
         super().__init__()
@@ -52,8 +51,8 @@ class StagedManager(Manager):
         self._staged = threading.Event()
 
     def terminate(self) -> None:
+        # honcho calls this again whenever a process exits: once the stages run, they alone decide
         if self._terminating:
-            self._signal(self._running(), force=False)
             return
         self._terminating = True
         threading.Thread(target=self._stop_in_stages, name="stop-in-stages", daemon=True).start()

@@ -402,10 +402,18 @@ class ProgressRecorder(StreamingQueryListener):
             return [dict(row) for _, row in sorted(self.rows.items())]
 
     def onQueryStarted(self, event: Any) -> None:
-        with self._lock:
-            name = event.name or str(event.id)
-            self._names[str(event.id)] = name
-            self._running.add(name)
+        try:
+            with self._lock:
+                name = event.name or str(event.id)
+                self._names[str(event.id)] = name
+                self._running.add(name)
+                # a restarted query with nothing new to read runs no micro-batch: its stored row lets the
+                # broker probe report it (alive, its lag) until it has progress of its own
+                stored = self._stored(name) if name not in self.rows else None
+                if stored is not None:
+                    self.rows[name] = stored
+        except Exception as exc:  # progress is reporting: it must never disturb the queries
+            log.warning("could not read the stored progress of %s: %s", event.id, exc)
 
     def onQueryIdle(self, event: Any) -> None:
         try:

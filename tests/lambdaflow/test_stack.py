@@ -151,8 +151,8 @@ def airflow_answers(port: int) -> None:
         time.sleep(2)
 
 
-def speed_progress(data_dir) -> dict[str, str | None]:
-    """Each speed query's newest event time in the store, once the stream has created its tables."""
+def speed_progress(data_dir) -> dict[str, dict]:
+    """Each speed query's progress row in the store, once the stream has created its tables."""
     engine = store.connect(f"sqlite:///{data_dir / 'serving.db'}", create=False)
     try:
         with engine.connect() as connection:
@@ -161,20 +161,23 @@ def speed_progress(data_dir) -> dict[str, str | None]:
         rows = []
     finally:
         engine.dispose()
-    return {row["query"]: row["max_event_ts"] for row in rows}
+    return {row["query"]: dict(row) for row in rows}
 
 
 def start_stack(env: dict[str, str]) -> subprocess.Popen:
+    """`up --no-demo`, once both speed queries of this run have reported."""
+    started = datetime.now(UTC).replace(tzinfo=None)
     stack = subprocess.Popen([*LAMBDAFLOW, "up", "--no-demo"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not {"speed_iot_sensors", "speed_user_activity"} <= set(
-        speed_progress(Path(env["LAMBDAFLOW_DATA_DIR"]))
-    ):
+    data_dir, deadline = Path(env["LAMBDAFLOW_DATA_DIR"]), time.monotonic() + 240
+    while True:
+        progress = speed_progress(data_dir)
+        reported = {name for name, row in progress.items() if row["updated_at"] > started}
+        if {"speed_iot_sensors", "speed_user_activity"} <= reported:
+            return stack
         assert stack.poll() is None, stack.stdout.read()
         assert time.monotonic() < deadline, "the stream of `lambdaflow up` made no progress"
         time.sleep(0.5)
-    return stack
 
 
 def stop_stack(stack: subprocess.Popen) -> str:
@@ -199,9 +202,11 @@ def test_ctrl_c_then_up_again_loses_and_doubles_nothing(tmp_path):
 
     stack = start_stack(env)
     try:
-        run_cli(["produce", "iot", "--count", "50", "--rate", "0"], produce_env)  # sets the watermark first
+        for kind in ("iot", "activity"):  # in-time events first: each speed query's watermark stands
+            run_cli(["produce", kind, "--count", "50", "--rate", "0"], produce_env)
         deadline = time.monotonic() + 120
-        while speed_progress(tmp_path).get("speed_iot_sensors") is None:
+        queries = ("speed_iot_sensors", "speed_user_activity")
+        while not all((speed_progress(tmp_path).get(name) or {}).get("max_event_ts") for name in queries):
             assert time.monotonic() < deadline, "the speed layer saw no event"
             time.sleep(0.5)
         produce(seed=10)
@@ -218,7 +223,7 @@ def test_ctrl_c_then_up_again_loses_and_doubles_nothing(tmp_path):
         settings = load_settings(data_dir=tmp_path, kafka_bootstrap_servers=reopened.bootstrap_servers)
         counts = {topic: sum(broker_end_offsets(settings.kafka_source_options(), [topic]).values())
                   for topic in settings.topics}  # fmt: skip
-        assert counts[settings.topic_iot] == 50 + 2 * 1500 and counts[settings.topic_activity] == 2 * 1500
+        assert counts == {settings.topic_iot: 50 + 2 * 1500, settings.topic_activity: 50 + 2 * 1500}
         assert_lake_matches_topics(settings, counts)
         for view, topic, contract in (
             ("sensor_stats", settings.topic_iot, "iot_sensors"),
