@@ -64,3 +64,12 @@ def concat_days(frame: pd.DataFrame, days, view) -> pd.DataFrame:
     """A view computed day by day (as the batch layer does) over the events of the given days."""
     parts = [view(clean_events(frame[frame["ts"].dt.date == day])) for day in days]
     return pd.concat(parts, ignore_index=True)
+
+
+def late_windows(frame: pd.DataFrame, watermark: pd.Timedelta) -> set:
+    """The windows holding an event that reached Kafka more than the watermark after its time (`_kafka_ts`).
+    Whether the speed layer dropped such an event depends on the watermark of the micro-batch that read it
+    (a stream that was down for a while reads late events against an older watermark), so a comparison of
+    speed views with the ground truth leaves these windows out; the batch layer counts every event."""
+    late = frame[(frame["_kafka_ts"] - frame["ts"]) > watermark]
+    return set(late["ts"].dt.floor(f"{WINDOW_S}s"))
