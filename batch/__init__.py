@@ -1,1 +1,1 @@
-"""The batch layer: daily recomputation of exact views from the lake, published into the store (issue #4)."""
+"""The batch layer: daily recomputation of exact views from the lake, published into the store."""

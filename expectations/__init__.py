@@ -1,1 +1,1 @@
-"""Great Expectations: the file context (suites, checkpoints in git) and the validation runner (issue #4)."""
+"""Great Expectations: the file context (suites, checkpoints in git) and the validation runner."""

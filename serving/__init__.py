@@ -1,1 +1,1 @@
-"""The serving layer: the Flask app factory and blueprints that merge batch and real-time views (issue #5)."""
+"""The serving layer: the Flask app factory and blueprints that merge batch and real-time views."""
