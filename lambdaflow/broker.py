@@ -113,6 +113,18 @@ def wait_until_ready(
     )
 
 
+def stop_process(process: subprocess.Popen | None, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `grace_s`; returns once it has exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def dies_with_parent(signum: int) -> Callable[[], None] | None:
     """A `preexec_fn` after which the kernel sends `signum` to the child when the thread that started it ends,
     so a kill -9 of lambdaflow leaves no broker behind holding its ports and storage (None off Linux). Start
@@ -204,13 +216,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Tansu first (SIGTERM, then SIGKILL after `timeout_s`), then its object store."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s)
         if self.object_store is not None:
             self.object_store.stop()
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from lambdaflow.broker import BrokerError, dies_with_parent, free_port
+from lambdaflow.broker import BrokerError, dies_with_parent, free_port, stop_process
 
 HOST = "127.0.0.1"  # whatever address Kafka listens on, its storage is for this machine's processes only
 REGION = "us-east-1"
@@ -293,13 +293,7 @@ class SeaweedS3:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after `STOP_GRACE_S`; returns once it has exited and its files are tidied."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, STOP_GRACE_S)
         _remove(self._leftovers())
         self._temporary_sockets = None
         if self._lock is not None:
