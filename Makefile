@@ -40,7 +40,7 @@ run: venv
 	$(BIN)/lambdaflow up
 
 # The broker keeps its topics under <data dir>/broker across runs; this empties the data directory but its
-# secrets, so the next `make run` starts afresh (the broker alone cannot go: see lambdaflow/reset.py).
+# secrets, so the next `make run` starts afresh (the broker alone cannot go: see cli/reset.py).
 reset: venv
 	$(BIN)/lambdaflow reset
 

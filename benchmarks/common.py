@@ -94,7 +94,7 @@ def lambdaflow(
 ) -> subprocess.Popen:
     """Start a lambdaflow command. Its output is piped, or with `log` appended to that file: a long-running
     process whose pipe nobody reads blocks once it has written the pipe's 64 KiB."""
-    command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "lambdaflow.cli", *args]
+    command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "cli", *args]
     if log is None:
         return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, **kwargs)  # fmt: skip

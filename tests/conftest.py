@@ -20,7 +20,7 @@ from lambdaflow.broker import EmbeddedBroker, free_port
 from lambdaflow.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
+LAMBDAFLOW = [sys.executable, "-m", "cli"]
 
 
 @pytest.fixture(scope="session")

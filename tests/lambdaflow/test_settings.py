@@ -58,7 +58,7 @@ def test_commands_stop_at_start_up_with_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "LAMBDAFLOW_TOPIC_PARTITIONS": "many", "PYTHONPATH": str(ROOT)}
     for command in (["broker"], ["archive", "--once"], ["produce", "iot", "--count", "1"], ["topics"]):
         result = subprocess.run(
-            [sys.executable, "-m", "lambdaflow.cli", *command],
+            [sys.executable, "-m", "cli", *command],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2, (command, result.stderr)

@@ -54,9 +54,9 @@ def check_resettable(settings: Settings) -> None:
 
 def reset_data_dir(settings: Settings) -> list[Path]:
     """Remove `reset_targets` while nothing runs on the data directory; return what was removed."""
+    from cli.stack import AlreadyRunning, single_instance
     from lambdaflow.broker import BrokerError
     from lambdaflow.object_store import hold_storage
-    from lambdaflow.stack import AlreadyRunning, single_instance
 
     check_resettable(settings)
     data_dir = settings.data_dir.resolve()

@@ -183,7 +183,7 @@ def demo_processes(
     settings: Settings, iot_rate: float, activity_rate: float, demo: bool = True
 ) -> dict[str, list[str]]:
     """The commands `up` runs besides the broker, by name (without the demo producers unless `demo`)."""
-    command = [sys.executable, "-m", "lambdaflow.cli"]
+    command = [sys.executable, "-m", "cli"]
     airflow = str(Path(sys.executable).parent / "airflow")
     demo_faults = [
         "--out-of-order",

@@ -513,7 +513,7 @@ def serve(host: str | None, port: int | None) -> None:
               help="Run the demo producers (without them, produce your own events).")  # fmt: skip
 def up(iot_rate: float, activity_rate: float, demo: bool) -> None:
     """Start the embedded stack with demo data (what `make run` does); Ctrl-C stops every part."""
-    from lambdaflow.stack import AlreadyRunning, run_stack
+    from cli.stack import AlreadyRunning, run_stack
 
     try:
         sys.exit(run_stack(_settings(), iot_rate, activity_rate, demo))
@@ -526,7 +526,7 @@ def up(iot_rate: float, activity_rate: float, demo: bool) -> None:
 def reset(yes: bool) -> None:
     """Empty the data directory (all but secrets/) so that `make run` starts afresh: the broker's topics and
     records go together with the checkpoints, lake, store and Airflow state that refer to their offsets."""
-    from lambdaflow.reset import ResetRefused, check_resettable, reset_data_dir, reset_targets
+    from cli.reset import ResetRefused, check_resettable, reset_data_dir, reset_targets
 
     settings = _settings()
     try:
