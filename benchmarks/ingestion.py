@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, PeakMemory, Result, lambdaflow, peak_rss_mib, run_with_broker
 from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.kafka import KafkaConnection
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PRODUCER_RECORDS = 300_000
@@ -118,10 +119,11 @@ def broker_storage(_: EmbeddedBroker, work: Path) -> list[Result]:
             log = logs / f"broker-{storage}-{run + 1}.log"
             where = "memory" if storage == "memory" else directory
             with EmbeddedBroker("127.0.0.1", free_port(), log_path=log, storage=where) as broker:
-                _create_bench_topic(broker.bootstrap_servers)
-                rates.setdefault(("produce", storage), []).append(_produce_rate(broker.bootstrap_servers))
-                rates.setdefault(("consume", storage), []).append(_consume_rate(broker.bootstrap_servers))
-                latencies[storage] += _one_at_a_time_ms(broker.bootstrap_servers)
+                connection = KafkaConnection(broker.bootstrap_servers)
+                _create_bench_topic(connection)
+                rates.setdefault(("produce", storage), []).append(_produce_rate(connection))
+                rates.setdefault(("consume", storage), []).append(_consume_rate(connection))
+                latencies[storage] += _one_at_a_time_ms(connection)
                 processes = [broker.process, *([broker.object_store.process] if broker.object_store else [])]
                 peaks.setdefault(storage, []).append(sum(peak_rss_mib(p.pid) for p in processes if p))
             if storage == "durable":
@@ -154,21 +156,21 @@ def broker_storage(_: EmbeddedBroker, work: Path) -> list[Result]:
     return results
 
 
-def _create_bench_topic(bootstrap_servers: str) -> None:
+def _create_bench_topic(connection: KafkaConnection) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = KafkaAdminClient(**connection.kafka_python())
     try:
         admin.create_topics([NewTopic("bench_broker", 4, 1)])
     finally:
         admin.close()
 
 
-def _produce_rate(bootstrap_servers: str) -> float:
+def _produce_rate(connection: KafkaConnection) -> float:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5, "acks": "all"})
+    producer = Producer({**connection.rdkafka(), "linger.ms": 5, "acks": "all"})
     value = b"x" * BROKER_RECORD_BYTES
     started = time.monotonic()
     for number in range(BROKER_RECORDS):
@@ -183,10 +185,10 @@ def _produce_rate(bootstrap_servers: str) -> float:
     return BROKER_RECORDS / (time.monotonic() - started)
 
 
-def _consume_rate(bootstrap_servers: str) -> float:
+def _consume_rate(connection: KafkaConnection) -> float:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "bench", "fetch.wait.max.ms": 50,
+    consumer = Consumer({**connection.rdkafka(), "group.id": "bench", "fetch.wait.max.ms": 50,
                          "enable.auto.commit": False, "fetch.max.bytes": 64 * 2**20})  # fmt: skip
     consumer.assign([TopicPartition("bench_broker", p, OFFSET_BEGINNING) for p in range(4)])
     read, started = 0, time.monotonic()
@@ -201,10 +203,10 @@ def _consume_rate(bootstrap_servers: str) -> float:
         consumer.close()
 
 
-def _one_at_a_time_ms(bootstrap_servers: str) -> list[float]:
+def _one_at_a_time_ms(connection: KafkaConnection) -> list[float]:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 0, "acks": "all"})
+    producer = Producer({**connection.rdkafka(), "linger.ms": 0, "acks": "all"})
     value, samples = b"x" * BROKER_RECORD_BYTES, []
     for number in range(BROKER_LATENCY_SAMPLES):
         started = time.monotonic()

@@ -36,6 +36,7 @@ from benchmarks.ingestion import _env, _produce, subprocess_topics
 from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
+from lambdaflow.kafka import KafkaConnection
 from lambdaflow.lake import archiver_status_path
 from speed.streams import QUERY_PARTS
 
@@ -213,7 +214,7 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int, logs: Path) -> 
                                 log=logs / f"freshness-{run + 1}-produce-{kind}.log")
                      for kind, rate in FRESHNESS_RATES.items()]  # fmt: skip
         # librdkafka: kafka-python's sender thread polled its selector at ~2 CPU-seconds a minute
-        sender = Producer({"bootstrap.servers": broker.bootstrap_servers, "acks": 1, "linger.ms": 0})
+        sender = Producer({**KafkaConnection(broker.bootstrap_servers).rdkafka(), "acks": 1, "linger.ms": 0})
         sent: dict[str, float] = {}
         with ProbeWatcher(data_dir / "serving.db") as watcher:
             begin = time.monotonic()

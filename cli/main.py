@@ -170,6 +170,7 @@ def broker(host: str | None, port: int | None) -> None:
     kept under <data dir>/broker across restarts (LAMBDAFLOW_BROKER_STORAGE=memory: lost when it stops)."""
     from ingestion.topics import ensure_topics, topic_plan
     from lambdaflow.broker import EmbeddedBroker
+    from lambdaflow.kafka import KafkaConnection
 
     settings = _settings(broker_host=host, broker_port=port)
     storage = settings.embedded_broker_storage
@@ -177,7 +178,7 @@ def broker(host: str | None, port: int | None) -> None:
     started = time.monotonic()
     with embedded:
         plan = topic_plan(settings)
-        created = ensure_topics({"bootstrap_servers": embedded.bootstrap_servers}, plan)
+        created = ensure_topics(KafkaConnection(embedded.bootstrap_servers), plan)
         stop = _stop_requested()  # before the ready line: whoever waits for it may Ctrl-C at once
         log.info(
             "broker ready on %s in %.1f s; topics %s (created %s); storage %s — Ctrl-C to stop",
@@ -205,9 +206,10 @@ def _stop_requested() -> threading.Event:
 def topics() -> None:
     """Create the event, dead-letter and alert topics on the configured Kafka (existing ones are kept)."""
     from ingestion.topics import ensure_topics, topic_plan
+    from lambdaflow.kafka import KafkaConnection
 
     settings = _settings()
-    created = ensure_topics(settings.kafka_client_config(), topic_plan(settings))
+    created = ensure_topics(KafkaConnection.from_settings(settings), topic_plan(settings))
     click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
@@ -262,6 +264,7 @@ def produce(
     from ingestion.producer import SendReport, file_records, make_producer, send_records
     from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock, wall_clock
     from ingestion.topics import check_topic_exists
+    from lambdaflow.kafka import KafkaConnection
 
     settings = _settings()
     if (kind is None) == (from_file is None):
@@ -271,11 +274,11 @@ def produce(
     if start is not None:
         _check_in_lake(start, settings, "--start")
     event_hub = profile_from_env()
-    client_config = event_hub.client_config() if event_hub else settings.kafka_client_config()
+    connection = event_hub.connection() if event_hub else KafkaConnection.from_settings(settings)
     if event_hub:
         topic = event_hub.hub_name
     topic = topic or (settings.topic_iot if kind == "iot" else settings.topic_activity)
-    check_topic_exists(client_config, topic)
+    check_topic_exists(connection, topic)
     if event_hub:
         log.info("producing to Azure Event Hubs %r at %s", event_hub.hub_name, event_hub.namespace_host)
 
@@ -304,7 +307,7 @@ def produce(
         records = injector.apply(simulator.events(clock), simulator.key)
         report = SendReport(topic, faults=injector.counts)
         pace = 0.0 if start else events_per_second  # simulated history need not wait for the wall clock
-    producer = make_producer(client_config)
+    producer = make_producer(connection)
     try:
         send_records(producer, topic, records, rate=pace, count=count, duration_s=duration, report=report)
     finally:
@@ -352,12 +355,13 @@ def run_until_stopped(queries: list[Any], settings: Settings | None = None) -> N
 def _drain(queries: list[Any], settings: Settings, at_once: threading.Event) -> None:
     from kafka.errors import KafkaError
 
+    from lambdaflow.kafka import source_options
     from lambdaflow.kafka_source import broker_end_offsets
     from lambdaflow.spark import drain
 
     running = [query for query in queries if query.isActive]
     try:
-        ends = broker_end_offsets(settings.kafka_source_options(), list(settings.topics))
+        ends = broker_end_offsets(source_options(settings), list(settings.topics))
     except (KafkaError, OSError, ValueError) as exc:  # the broker is gone: nothing more to read from it
         log.warning("stopping without draining: the broker's end offsets are unknown (%s)", exc)
         return

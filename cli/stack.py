@@ -271,6 +271,7 @@ def run_stack(
 ) -> int:
     """Start the embedded stack and block until Ctrl-C; return the exit code."""
     from ingestion.topics import ensure_topics, topic_plan
+    from lambdaflow.kafka import KafkaConnection
 
     with single_instance(settings.data_dir.resolve() / "up.lock"):
         require_free_ports(settings)
@@ -289,7 +290,7 @@ def run_stack(
             log_path=logs / "broker.log",
             storage=settings.embedded_broker_storage,
         ) as broker:
-            ensure_topics({"bootstrap_servers": broker.bootstrap_servers}, topic_plan(settings))
+            ensure_topics(KafkaConnection(broker.bootstrap_servers), topic_plan(settings))
             env["LAMBDAFLOW_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
             manager = StagedManager(
                 [(("iot", "activity"), 15.0), (("stream",), settings.stream_drain_seconds + 60.0)],

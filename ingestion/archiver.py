@@ -17,7 +17,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.contracts import contract_for
+from lambdaflow.kafka import KafkaConnection, source_options
 from lambdaflow.kafka_source import FORMAT
 from lambdaflow.lake import (
     QUARANTINE_SCHEMA,
@@ -57,14 +58,15 @@ _ARROW_STATS = pa.schema(
 )
 DEAD_LETTER_HEADERS = ("lambdaflow.error.reason", "lambdaflow.source.topic", "lambdaflow.source.partition")
 
-_WORKER_PRODUCERS: dict[tuple, KafkaProducer] = {}
+_WORKER_PRODUCERS: dict[KafkaConnection, KafkaProducer] = {}
 
 
-def _dead_letter_producer(config: dict[str, Any]) -> KafkaProducer:
-    key = tuple(sorted(config.items()))
-    if key not in _WORKER_PRODUCERS:
-        _WORKER_PRODUCERS[key] = KafkaProducer(**config, acks="all", linger_ms=5, enable_idempotence=False)
-    return _WORKER_PRODUCERS[key]
+def _dead_letter_producer(connection: KafkaConnection) -> KafkaProducer:
+    if connection not in _WORKER_PRODUCERS:
+        _WORKER_PRODUCERS[connection] = KafkaProducer(
+            **connection.kafka_python(), acks="all", linger_ms=5, enable_idempotence=False
+        )
+    return _WORKER_PRODUCERS[connection]
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class ArchiveTask:
     contracts: dict[str, str]  # topic -> contract name
     max_future: timedelta
     dead_letter_topic: str | None
-    kafka_config: dict[str, Any] = field(default_factory=dict)
+    kafka: KafkaConnection
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches))
@@ -122,7 +124,7 @@ class ArchiveTask:
         )
 
     def _send_dead_letters(self, rows: list[dict[str, Any]]) -> None:
-        producer = _dead_letter_producer(self.kafka_config)
+        producer = _dead_letter_producer(self.kafka)
         for row in rows:
             headers = [
                 ("lambdaflow.error.reason", row["reason"].encode()),
@@ -184,7 +186,7 @@ def archive_batch(settings: Settings, status: ArchiverStatus) -> Callable[[DataF
             contracts=contracts,
             max_future=timedelta(seconds=settings.max_future_seconds),
             dead_letter_topic=settings.topic_dead_letter,
-            kafka_config=settings.kafka_client_config(),
+            kafka=KafkaConnection.from_settings(settings),
         )
         stats = [row.asDict() for row in batch.mapInArrow(task, STATS_SCHEMA).collect()]
         status.record(batch_id, stats)
@@ -203,7 +205,7 @@ def start_archiver(spark: SparkSession, settings: Settings, once: bool = False) 
     """Start the archiver query; with `once`, it processes what is in the topics now and stops."""
     source = (
         spark.readStream.format(FORMAT)
-        .options(**settings.kafka_source_options())
+        .options(**source_options(settings))
         .option("subscribe", ",".join(settings.topics))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(settings.max_records_per_trigger))

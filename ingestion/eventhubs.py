@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlparse
+
+from lambdaflow.kafka import KafkaConnection
 
 KAFKA_PORT = 9093
 
@@ -34,17 +35,17 @@ class EventHubProfile:
             raise ValueError("EVENT_HUB_CONN_STR has no SharedAccessKey or SharedAccessSignature")
         return host
 
-    def client_config(self) -> dict[str, Any]:
-        """kafka-python connection settings for the Event Hubs Kafka endpoint."""
-        return {
-            "bootstrap_servers": f"{self.namespace_host}:{KAFKA_PORT}",
-            "security_protocol": "SASL_SSL",
-            "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": "$ConnectionString",
-            "sasl_plain_password": self.connection_string,
-            "request_timeout_ms": 60_000,  # Event Hubs' recommended client timeouts
-            "metadata_max_age_ms": 180_000,
-        }
+    def connection(self) -> KafkaConnection:
+        """The Event Hubs Kafka endpoint, with Event Hubs' recommended client timeouts."""
+        return KafkaConnection(
+            bootstrap_servers=f"{self.namespace_host}:{KAFKA_PORT}",
+            security_protocol="SASL_SSL",
+            sasl_mechanism="PLAIN",
+            sasl_username="$ConnectionString",
+            sasl_password=self.connection_string,
+            request_timeout_ms=60_000,
+            metadata_max_age_ms=180_000,
+        )
 
     def __repr__(self) -> str:  # never print the secret
         return f"EventHubProfile(namespace={self.namespace_host!r}, hub_name={self.hub_name!r})"

@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 
-from lambdaflow.settings import KAFKA_CONNECT_TIMEOUT_MS
+from lambdaflow.kafka import CONNECT_TIMEOUT_MS, KafkaConnection
 
 PROGRESS_INTERVAL_S = 1.0
 # A paced producer sleeps only once it is this far ahead of its rate, so it sends in bursts of at most this
@@ -104,7 +104,7 @@ class RecordSender:
         return self.producer.send(self.topic, key=key, value=value, partition=partition)
 
 
-def make_producer(client_config: dict[str, Any], **overrides: Any) -> KafkaProducer:
+def make_producer(connection: KafkaConnection, **overrides: Any) -> KafkaProducer:
     settings = {
         "acks": 1,
         "enable_idempotence": False,  # required with acks=1 on kafka-python 3
@@ -115,8 +115,8 @@ def make_producer(client_config: dict[str, Any], **overrides: Any) -> KafkaProdu
         # a misspelt topic must fail, not be created; Tansu creates it all the same, so `lambdaflow produce`
         # first checks that its topic exists (`ingestion.topics.check_topic_exists`)
         "allow_auto_create_topics": False,
-        "bootstrap_timeout_ms": KAFKA_CONNECT_TIMEOUT_MS,
-        **client_config,
+        "bootstrap_timeout_ms": CONNECT_TIMEOUT_MS,
+        **connection.kafka_python(),
         **overrides,
     }
     return KafkaProducer(**settings)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from contextlib import suppress
 from difflib import get_close_matches
-from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from lambdaflow.settings import KAFKA_CONNECT_TIMEOUT_MS, Settings
+from lambdaflow.kafka import CONNECT_TIMEOUT_MS, KafkaConnection
+from lambdaflow.settings import Settings
 
 
 class UnknownTopicError(ValueError):
@@ -27,14 +27,14 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
-def admin_client(client_config: dict[str, Any]) -> KafkaAdminClient:
-    """An admin client that gives up on an unreachable broker after `KAFKA_CONNECT_TIMEOUT_MS`."""
-    return KafkaAdminClient(**{"bootstrap_timeout_ms": KAFKA_CONNECT_TIMEOUT_MS, **client_config})
+def admin_client(connection: KafkaConnection) -> KafkaAdminClient:
+    """An admin client that gives up on an unreachable broker after `CONNECT_TIMEOUT_MS`."""
+    return KafkaAdminClient(bootstrap_timeout_ms=CONNECT_TIMEOUT_MS, **connection.kafka_python())
 
 
-def ensure_topics(client_config: dict[str, Any], plan: dict[str, int]) -> list[str]:
+def ensure_topics(connection: KafkaConnection, plan: dict[str, int]) -> list[str]:
     """Create the topics of `plan` that do not exist yet; return the names created."""
-    admin = admin_client(client_config)
+    admin = admin_client(connection)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, partitions, 1) for name, partitions in plan.items() if name not in existing]
@@ -46,10 +46,10 @@ def ensure_topics(client_config: dict[str, Any], plan: dict[str, int]) -> list[s
         admin.close()
 
 
-def check_topic_exists(client_config: dict[str, Any], topic: str) -> None:
+def check_topic_exists(connection: KafkaConnection, topic: str) -> None:
     """Raise `UnknownTopicError` unless the broker has `topic`. Asked through the admin client's metadata,
     which never creates a topic, where a producer's metadata request may."""
-    admin = admin_client(client_config)
+    admin = admin_client(connection)
     try:
         existing = set(admin.list_topics())
     finally:

@@ -44,6 +44,7 @@ from pyspark.sql.streaming.datasource import (
 from pyspark.sql.types import StructType
 
 from lambdaflow.contracts import MODELS
+from lambdaflow.kafka import KafkaConnection
 from lambdaflow.records import ParseValid, flagged_schema
 
 log = logging.getLogger(__name__)
@@ -68,37 +69,10 @@ ARROW_BATCH_ROWS = 20_000
 # Spark takes each yielded batch in its own time, which a JVM deep in garbage collection stretches.
 READ_STALL_S = 120.0
 
-# kafka-python settings that may be passed as `kafka.<dotted.name>` options, with their types.
-_CLIENT_SETTINGS: dict[str, type] = {
-    "bootstrap_servers": str,
-    "security_protocol": str,
-    "sasl_mechanism": str,
-    "sasl_plain_username": str,
-    "sasl_plain_password": str,
-    "ssl_cafile": str,
-    "client_id": str,
-    "request_timeout_ms": int,
-    "fetch_max_bytes": int,
-    "max_partition_fetch_bytes": int,
-}
-
 
 def client_config(options: Mapping[str, str]) -> dict[str, Any]:
-    """kafka-python keyword arguments from the source's `kafka.*` options (keys are case-insensitive)."""
-    config: dict[str, Any] = {}
-    for key, value in options.items():
-        key = key.lower()
-        if not key.startswith("kafka."):
-            continue
-        name = key.removeprefix("kafka.").replace(".", "_")
-        if name not in _CLIENT_SETTINGS:
-            raise ValueError(
-                f"unsupported Kafka client option {key!r}; supported: {sorted(_CLIENT_SETTINGS)}"
-            )
-        config[name] = _CLIENT_SETTINGS[name](value)
-    if "bootstrap_servers" not in config:
-        raise ValueError("option 'kafka.bootstrap.servers' is required")
-    return config
+    """kafka-python keyword arguments from the source's `kafka.*` options (see `lambdaflow.kafka`)."""
+    return KafkaConnection.from_source_options(options).kafka_python()
 
 
 def offset_key(topic: str, partition: int) -> str:
@@ -235,21 +209,6 @@ class KafkaRanges(InputPartition):
 SMALL_BATCH_ROWS = 20_000
 
 
-# librdkafka's names for the `kafka.*` client settings (see _CLIENT_SETTINGS).
-_RDKAFKA_NAMES = {
-    "bootstrap_servers": "bootstrap.servers",
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
-    "sasl_plain_username": "sasl.username",
-    "sasl_plain_password": "sasl.password",
-    "ssl_cafile": "ssl.ca.location",
-    "client_id": "client.id",
-    "request_timeout_ms": "socket.timeout.ms",
-    "fetch_max_bytes": "fetch.max.bytes",
-    "max_partition_fetch_bytes": "max.partition.fetch.bytes",
-}
-
-
 def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
     """The reading consumer's librdkafka settings from the kafka-python ones (`client_config`)."""
     return {
@@ -261,13 +220,8 @@ def rdkafka_config(config: dict[str, Any]) -> dict[str, Any]:
         "fetch.wait.max.ms": 50,  # Tansu answers nothing to a Fetch with max wait 0
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        **rdkafka_client_config(config),
+        **KafkaConnection.from_kafka_python(config).rdkafka(),
     }
-
-
-def rdkafka_client_config(config: dict[str, Any]) -> dict[str, Any]:
-    """librdkafka settings from kafka-python ones (`client_config`, `Settings.kafka_client_config`)."""
-    return {_RDKAFKA_NAMES[name]: value for name, value in config.items() if value is not None}
 
 
 def read_ranges(

@@ -10,15 +10,12 @@ import os
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LAMBDAFLOW_"
-# How long the command line's kafka-python clients try to reach the broker; not in `kafka_client_config`,
-# which also configures the Spark source and librdkafka.
-KAFKA_CONNECT_TIMEOUT_MS = 5_000
 
 
 class SettingsError(ValueError):
@@ -181,32 +178,6 @@ class Settings(BaseSettings):
     def quality_dir(self) -> Path:
         """Great Expectations validation results and Data Docs (`data_docs/`)."""
         return self.data_dir.resolve() / "quality"
-
-    def kafka_client_config(self) -> dict[str, Any]:
-        """kafka-python connection keyword arguments (bootstrap servers and security)."""
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers,
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            config["sasl_mechanism"] = self.kafka_sasl_mechanism
-            config["sasl_plain_username"] = self.kafka_sasl_username
-            config["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        return config
-
-    def kafka_source_options(self) -> dict[str, str]:
-        """The same connection as `kafka.*` options of the `lambdaflow_kafka` Spark source, and what it does
-        when offsets went missing."""
-        return {
-            **{
-                f"kafka.{name.replace('_', '.')}": str(value)
-                for name, value in self.kafka_client_config().items()
-                if value is not None
-            },
-            "failOnDataLoss": str(self.fail_on_data_loss).lower(),
-        }
 
     @property
     def resolved_store_url(self) -> str:

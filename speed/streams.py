@@ -32,14 +32,8 @@ from sqlalchemy import select, tuple_
 
 from lambdaflow import store
 from lambdaflow.contracts import MODELS
-from lambdaflow.kafka_source import (
-    FORMAT,
-    EndOffsetProbe,
-    offset_key,
-    parse_offset_key,
-    positions,
-    rdkafka_client_config,
-)
+from lambdaflow.kafka import KafkaConnection, source_options
+from lambdaflow.kafka_source import FORMAT, EndOffsetProbe, offset_key, parse_offset_key, positions
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import signalling_its_end, trigger
@@ -60,7 +54,7 @@ def valid_events(spark: SparkSession, settings: Settings, contract: str) -> Data
     assert contract in MODELS
     parsed = (  # the source validates as it reads: the raw records never cross into the JVM and back
         spark.readStream.format(FORMAT)
-        .options(**settings.kafka_source_options())
+        .options(**source_options(settings))
         .option("subscribe", settings.topic_for(contract))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(settings.max_records_per_trigger))
@@ -301,7 +295,7 @@ class BrokerEndOffsets:
     exact on Tansu and Apache Kafka)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.config = settings.kafka_client_config()
+        self.config = KafkaConnection.from_settings(settings).kafka_python()
         self._probe: EndOffsetProbe | None = None
 
     def __call__(self, keys: list[str]) -> dict[str, int]:
@@ -669,7 +663,7 @@ def publish_alerts(
         return
     key = settings.kafka_bootstrap_servers
     if key not in _ALERT_PRODUCERS:
-        config = rdkafka_client_config(settings.kafka_client_config())
+        config = KafkaConnection.from_settings(settings).rdkafka()
         # murmur2: a subject's alerts land on the partition the Java client (and kafka-python) would choose
         _ALERT_PRODUCERS[key] = Producer(
             {**config, "acks": "all", "linger.ms": 5, "partitioner": "murmur2_random"}

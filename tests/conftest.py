@@ -17,6 +17,7 @@ import pytest
 
 from ingestion.topics import ensure_topics, topic_plan
 from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.kafka import KafkaConnection
 from lambdaflow.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
         }
         values.update(overrides)
         settings = load_settings(**values)
-        ensure_topics(settings.kafka_client_config(), topic_plan(settings))
+        ensure_topics(KafkaConnection.from_settings(settings), topic_plan(settings))
         return settings
 
     return make

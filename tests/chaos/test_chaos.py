@@ -26,6 +26,7 @@ from batch.recompute import recompute_day
 from ingestion.topics import ensure_topics, topic_plan
 from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.kafka import KafkaConnection, source_options
 from lambdaflow.kafka_source import broker_end_offsets
 from lambdaflow.settings import load_settings
 from lambdaflow.views import VIEWS
@@ -53,7 +54,7 @@ class Chaos:
             data_dir=tmp_path / "data", kafka_bootstrap_servers=self.broker.bootstrap_servers,
             trigger_seconds=0.5, archive_trigger_seconds=1.0, serve_port=free_port(), stream_metrics_port=0,
         )  # fmt: skip
-        ensure_topics(self.settings.kafka_client_config(), topic_plan(self.settings))
+        ensure_topics(KafkaConnection.from_settings(self.settings), topic_plan(self.settings))
         self.env = {**settings_env(self.settings), "LAMBDAFLOW_STREAM_METRICS_PORT": "0",
                     "LAMBDAFLOW_SERVE_PORT": str(self.settings.serve_port)}  # fmt: skip
         self.logs = tmp_path / "logs"
@@ -170,7 +171,7 @@ def test_chaos_loses_and_doubles_nothing(chaos, spark):
     assert chaos.stream.wait(timeout=300) == 0, (chaos.logs / "stream.log").read_text()[-3000:]
     run_cli(["stream", "--once"], chaos.env)  # anything a last kill left behind
 
-    counts = {topic: sum(broker_end_offsets(settings.kafka_source_options(), [topic]).values())
+    counts = {topic: sum(broker_end_offsets(source_options(settings), [topic]).values())
               for topic in settings.topics}  # fmt: skip
     assert all(count > EVENTS for count in counts.values()), counts
     summary = _lake_summary(settings, counts)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker, free_port
+from lambdaflow.kafka import source_options
 from lambdaflow.kafka_source import broker_end_offsets
 from lambdaflow.settings import load_settings
 from tests import ground_truth
@@ -221,7 +222,7 @@ def test_ctrl_c_then_up_again_loses_and_doubles_nothing(tmp_path):
     settings = load_settings(data_dir=tmp_path)
     with EmbeddedBroker("127.0.0.1", free_port(), storage=settings.broker_dir) as reopened:
         settings = load_settings(data_dir=tmp_path, kafka_bootstrap_servers=reopened.bootstrap_servers)
-        counts = {topic: sum(broker_end_offsets(settings.kafka_source_options(), [topic]).values())
+        counts = {topic: sum(broker_end_offsets(source_options(settings), [topic]).values())
                   for topic in settings.topics}  # fmt: skip
         assert counts == {settings.topic_iot: 50 + 2 * 1500, settings.topic_activity: 50 + 2 * 1500}
         assert_lake_matches_topics(settings, counts)

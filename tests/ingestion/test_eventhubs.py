@@ -1,6 +1,7 @@
 import pytest
 
 from ingestion.eventhubs import profile_from_env
+from lambdaflow.kafka import KafkaConnection
 
 CONN = "Endpoint=sb://lambdaflow-ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=c2VjcmV0"
 
@@ -9,23 +10,28 @@ def test_no_variables_means_no_event_hubs():
     assert profile_from_env({}) is None
 
 
-def test_kafka_endpoint_configuration():
+def test_the_profile_is_the_event_hubs_kafka_endpoint():
     profile = profile_from_env({"EVENT_HUB_CONN_STR": CONN, "EVENT_HUB_NAME": "iot"})
-    config = profile.client_config()
-    assert config["bootstrap_servers"] == "lambdaflow-ns.servicebus.windows.net:9093"
-    assert config["security_protocol"] == "SASL_SSL"
-    assert config["sasl_mechanism"] == "PLAIN"
-    assert config["sasl_plain_username"] == "$ConnectionString"
-    assert config["sasl_plain_password"] == CONN
+    assert profile.connection() == KafkaConnection(
+        bootstrap_servers="lambdaflow-ns.servicebus.windows.net:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="$ConnectionString",
+        sasl_password=CONN,
+        request_timeout_ms=60_000,
+        metadata_max_age_ms=180_000,
+    )
     assert profile.hub_name == "iot"
     assert "c2VjcmV0" not in repr(profile)
+    assert "c2VjcmV0" not in repr(profile.connection())
 
 
 def test_a_kafka_producer_accepts_the_configuration():
     from kafka import KafkaProducer
 
-    config = profile_from_env({"EVENT_HUB_CONN_STR": CONN, "EVENT_HUB_NAME": "iot"}).client_config()
+    connection = profile_from_env({"EVENT_HUB_CONN_STR": CONN, "EVENT_HUB_NAME": "iot"}).connection()
     # bootstrap_connected is never reached: no network here, so only the configuration is checked
+    config = connection.kafka_python()
     producer = KafkaProducer(**config, api_version=(3, 9), acks=1, enable_idempotence=False)
     producer.close(timeout=0)
 

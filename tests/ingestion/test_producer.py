@@ -10,6 +10,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 import ingestion.producer as producer_module
 from ingestion.producer import RecordSender, SendReport, file_records, make_producer, send_records
+from lambdaflow.kafka import KafkaConnection
 from tests.kafka_helpers import consume_all
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ def test_fast_path_matches_public_send(broker):
     admin.close()
     records = [(f"sensor-{n % 37}".encode(), f"value-{n}".encode()) for n in range(3000)]
 
-    producer = make_producer({"bootstrap_servers": bootstrap})
+    producer = make_producer(KafkaConnection(bootstrap))
     fast = RecordSender(producer, "fast_path")
     assert fast.fast, "the pinned kafka-python should take the fast path"
     report = send_records(producer, "fast_path", records, progress=None)
@@ -77,7 +78,7 @@ def test_counted_faults_are_exactly_the_records_sent(broker):
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
     admin.create_topics([NewTopic("counted_faults", 4, 1)])
     admin.close()
-    producer = make_producer({"bootstrap_servers": broker.bootstrap_servers})
+    producer = make_producer(KafkaConnection(broker.bootstrap_servers))
     for count in (1, 7, 100, 2500):
         injector = FaultInjector(Faults(duplicates=0.5, malformed=0.2), seed=count)
         simulator = IotSimulator(seed=count)
@@ -114,7 +115,7 @@ def test_a_paced_producer_keeps_its_rate_sleeping_once_per_burst(broker, monkeyp
     # only the producer module's clock: kafka-python's threads keep the real `time.sleep`
     clock = SimpleNamespace(monotonic=time.monotonic, sleep=recorded_sleep)
     monkeypatch.setattr(producer_module, "time", clock)
-    producer = make_producer({"bootstrap_servers": broker.bootstrap_servers})
+    producer = make_producer(KafkaConnection(broker.bootstrap_servers))
     records = [(f"sensor-{n % 37}".encode(), f"value-{n}".encode()) for n in range(1500)]
     report = send_records(producer, "paced", records, rate=3000, progress=None)
     producer.close()

@@ -10,6 +10,7 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from lambdaflow.kafka import source_options
 from lambdaflow.kafka_source import (
     FORMAT,
     SMALL_BATCH_ROWS,
@@ -106,7 +107,7 @@ def test_a_task_reads_exactly_its_ranges_of_several_partitions_again_and_again(s
     truth = {(r.partition, r.offset): r.value for r in consume_all(bootstrap, topic, 800)}
     ends = {p: 1 + max(offset for partition, offset in truth if partition == p) for p, _ in truth}
     assert len(ends) == 4
-    config = client_config(settings.kafka_source_options())
+    config = client_config(source_options(settings))
 
     def read(ranges):
         rows = [row for batch in read_ranges(config, ranges) for row in batch.to_pylist()]
@@ -133,7 +134,7 @@ def test_a_range_larger_than_one_fetch_answer_is_read_whole_and_in_order(setting
     values = [f"{n:06d}".encode() * 1366 for n in range(800)]  # ~8 KB each
     produce_values(bootstrap, topic, values, [b"one-partition"] * len(values))
     (partition,) = {record.partition for record in consume_all(bootstrap, topic, len(values))}
-    config = client_config(settings.kafka_source_options())
+    config = client_config(source_options(settings))
     ranges = (KafkaRange(topic, partition, 0, len(values)),)
     rows = [row for batch in read_ranges(config, ranges) for row in batch.to_pylist()]
     assert [row["offset"] for row in rows] == list(range(len(values)))
@@ -144,7 +145,7 @@ def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were
     """The probe's ends are exact: not the start of the last record batch + 1 (Tansu's ListOffsets), and
     0 for a partition with no records."""
     topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
-    probe = EndOffsetProbe(client_config(settings.kafka_source_options()))
+    probe = EndOffsetProbe(client_config(source_options(settings)))
     partitions = probe.partitions([topic])
     try:
         assert probe.end_offsets(partitions) == {tp: 0 for tp in partitions}
@@ -170,7 +171,7 @@ def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_
     )
     stream = (
         spark.readStream.format(FORMAT)
-        .options(**settings.kafka_source_options())
+        .options(**source_options(settings))
         .option("subscribe", f"{topic},{settings.topic_activity}")
         .option("maxOffsetsPerTrigger", "700")
         .load()
@@ -193,7 +194,7 @@ def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_
 def test_a_missing_topic_is_a_clear_error(spark, settings, tmp_path):
     query = (
         spark.readStream.format(FORMAT)
-        .options(**settings.kafka_source_options())
+        .options(**source_options(settings))
         .option("subscribe", "no_such_topic_here")
         .load()
     )
@@ -214,7 +215,7 @@ def recreate_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
 
 
 def reader_for(settings, fail_on_data_loss: bool) -> KafkaStreamReader:
-    options = {**settings.kafka_source_options(), "subscribe": settings.topic_iot}
+    options = {**source_options(settings), "subscribe": settings.topic_iot}
     return KafkaStreamReader({**options, "failOnDataLoss": str(fail_on_data_loss).lower()})
 
 
@@ -287,7 +288,7 @@ def test_a_topic_recreated_under_a_running_query(spark, settings, tmp_path, fail
     rows: list[bytes] = []
     stream = (
         spark.readStream.format(FORMAT)
-        .options(**settings.kafka_source_options())
+        .options(**source_options(settings))
         .option("subscribe", topic)
         .option("failOnDataLoss", str(fail_on_data_loss).lower())
         .load()
