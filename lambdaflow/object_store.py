@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from lambdaflow.broker import BrokerError, dies_with_parent, free_port, stop_process
+from lambdaflow.broker_processes import BrokerError, dies_with_parent, free_port, stop_process
 
 HOST = "127.0.0.1"  # whatever address Kafka listens on, its storage is for this machine's processes only
 REGION = "us-east-1"

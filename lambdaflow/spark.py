@@ -9,13 +9,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.settings import Settings
-from lambdaflow.spark_classes import archive_java_options
 from lambdaflow.spark_jar import spark_jar
+
+# lambdaflow.spark_classes writes it (`make venv`); in the virtualenv: it matches that install's jars
+CLASS_ARCHIVE = Path(sys.prefix) / "spark-classes.jsa"
+
+
+def archive_java_options(archive: Path = CLASS_ARCHIVE) -> str:
+    """JVM options that map the class archive when it exists (a stale archive is ignored without a
+    warning)."""
+    return f"-XX:SharedArchiveFile={archive} -Xshare:auto -Xlog:cds*=off" if archive.is_file() else ""
 
 
 def prepare_environment() -> None:

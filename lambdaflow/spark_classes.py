@@ -23,23 +23,18 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
 
+from lambdaflow.pyspark_compat import driver_process, jvm
+from lambdaflow.spark import CLASS_ARCHIVE, spark_session
+
 log = logging.getLogger(__name__)
 
-ARCHIVE = Path(sys.prefix) / "spark-classes.jsa"  # in the virtualenv: it matches that install's jars
 
-
-def archive_java_options(archive: Path = ARCHIVE) -> str:
-    """JVM options that map the archive when it exists (a stale archive is ignored without a warning)."""
-    return f"-XX:SharedArchiveFile={archive} -Xshare:auto -Xlog:cds*=off" if archive.is_file() else ""
-
-
-def write_archive(archive: Path = ARCHIVE) -> Path:
+def write_archive(archive: Path = CLASS_ARCHIVE) -> Path:
     """Start a driver that dumps its classes at exit, run the batch views on generated rows, and exit it."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from lambdaflow.lake import RAW_SCHEMAS
     from lambdaflow.settings import load_settings
-    from lambdaflow.spark import spark_session
     from lambdaflow.views import VIEWS, clean, dedupe_exact
 
     partial = archive.with_name(f".{archive.name}.tmp")
@@ -58,13 +53,12 @@ def write_archive(archive: Path = ARCHIVE) -> Path:
                 if view.contract == contract:
                     view.build(events, 300).write.parquet(f"{temporary}/{name}")
             events.groupBy("_topic").count().cache().collect()
-        proc = spark.sparkContext._gateway.proc  # the driver JVM (spark-submit execs it)
-        jvm = spark.sparkContext._jvm
+        proc, java = driver_process(spark), jvm(spark)
         spark.stop()
         logging.disable(logging.ERROR)  # py4j logs the dropped connection (with a traceback) as the JVM exits
         try:
             with contextlib.suppress(Exception):  # the exit never answers
-                jvm.System.exit(0)  # written here; when Python just exits, the JVM goes without writing it
+                java.System.exit(0)  # written here; when Python just exits, the JVM goes without writing it
         finally:
             logging.disable(logging.NOTSET)
         proc.wait(timeout=300)
@@ -87,7 +81,7 @@ def _generated(name: str, data_type: DataType) -> Column:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    archive = Path(sys.argv[1]) if len(sys.argv) > 1 else ARCHIVE
+    archive = Path(sys.argv[1]) if len(sys.argv) > 1 else CLASS_ARCHIVE
     started = time.monotonic()
     try:
         write_archive(archive)

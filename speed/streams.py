@@ -27,13 +27,13 @@ from confluent_kafka import Producer
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
-from pyspark.sql.streaming.listener import JStreamingQueryListener, QueryProgressEvent
 from sqlalchemy import select, tuple_
 
 from lambdaflow import store
 from lambdaflow.contracts import MODELS
 from lambdaflow.kafka import KafkaConnection, source_options
 from lambdaflow.kafka_source import FORMAT, EndOffsetProbe, offset_key, parse_offset_key, positions
+from lambdaflow.pyspark_compat import progress_from_json
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import signalling_its_end, trigger
@@ -278,15 +278,6 @@ def speed_queries(selected: list[str]) -> dict[str, tuple[str, ...]]:
     }
 
 
-class _ProgressFromJson(JStreamingQueryListener):
-    """Hands a progress event to the Python listener from its JSON, one call into the JVM. PySpark's own
-    conversion reads it field by field, and looks up `PythonSQLUtils` by its bare name for each observed
-    metric, which made the JVM search every jar on its class path: ~7 % of the streaming JVM's CPU."""
-
-    def onQueryProgress(self, jevent: Any) -> None:
-        self.pylistener.onQueryProgress(QueryProgressEvent.fromJson(json.loads(jevent.json())))
-
-
 PROBE_SECONDS = 10.0  # how often the recorder asks the broker for its end offsets (Spark's idle interval)
 
 
@@ -333,6 +324,7 @@ def _fired() -> dict[str, Counter[str]]:
     return by_query
 
 
+@progress_from_json
 class ProgressRecorder(StreamingQueryListener):
     """Writes each query's progress to the store's `stream_progress` table: the last batch, its input rows,
     the invalid records, the rows dropped behind the watermark and the alerts stored (all three cumulative),
@@ -364,15 +356,6 @@ class ProgressRecorder(StreamingQueryListener):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._prober: threading.Thread | None = None
-
-    @property
-    def _jlistener(self) -> Any:  # PySpark's hook for the JVM side of a listener (pinned pyspark)
-        if not hasattr(self, "_jlistenerobj"):
-            from pyspark import SparkContext
-
-            jvm = SparkContext._jvm
-            self._jlistenerobj = jvm.PythonStreamingQueryListenerWrapper(_ProgressFromJson(self))
-        return self._jlistenerobj
 
     def start(self) -> None:
         """Start probing the broker (with `end_offsets`)."""
