@@ -8,6 +8,7 @@ swapped into place, so a reader sees either the previous day or the new one, nev
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -24,16 +25,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
 from lambdaflow.settings import Settings
-from lambdaflow.views import (
-    VIEWS,
-    activity_stats,
-    clean,
-    dedupe_exact,
-    location_stats_from_partial,
-    sensor_stats_from_partial,
-    sensor_stats_partial,
-    sessions,
-)
+from lambdaflow.views import VIEWS, Parameters, View
+from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +34,7 @@ LATE_EVENTS = "late_events"
 BASELINES = "baselines"
 BASELINE_DAYS = 7
 OUTPUTS = (*VIEWS, LATE_EVENTS, BASELINES)
-VIEW_CONTRACTS = ("iot_sensors", "user_activity")
+VIEW_CONTRACTS = tuple(dict.fromkeys(view.contract for view in VIEWS.values()))
 
 
 def read_raw_days(spark: SparkSession, settings: Settings, contract: str, days: list[date]) -> DataFrame:
@@ -112,21 +105,28 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
         rows[name] = write_day_atomically(frame, view_dir(settings.lake_dir, name), day)
         log.info("batch %s %s: %d rows (%.1f s so far)", day, name, rows[name], time.monotonic() - started)
 
+    parameters = Parameters.from_settings(settings)
+
     def chain(contract: str) -> DataFrame:
         # Not cached: re-reading the day's Parquet columns each view needs is cheaper than caching rows.
         events = events_of_day(spark, settings, contract, day)
+        views = [view for view in VIEWS.values() if view.contract == contract]
+        # The per-window rows of the first view that has them (one per window and sensor, or group: small,
+        # cached) serve that view, the views that declare it their batch input, and the late events.
+        carrier = _late_events_carrier(views, parameters)
+        computation = SPARK_VIEWS[carrier.name]
+        assert computation.per_window is not None
         late = {LATE_EVENTS: is_late(settings)}
-        # The per-window rows (one per window and sensor, or group: small, cached) serve the window views
-        # and the late events.
+        per_window = computation.per_window(events, parameters, late).cache()
+        for view in views:
+            finish = SPARK_VIEWS[view.name].finish
+            if view.name == carrier.name or view.batch_input == carrier.name:
+                assert finish is not None
+                write(view.name, finish(per_window).drop(LATE_EVENTS))
+            else:
+                write(view.name, SPARK_VIEWS[view.name].build(events, parameters))
         if contract == "iot_sensors":
-            per_window = sensor_stats_partial(events, settings.window_seconds, late).cache()
-            write("sensor_stats", sensor_stats_from_partial(per_window))
-            write("location_stats", location_stats_from_partial(per_window))
             write(BASELINES, baselines(spark, settings, day, events))
-        else:
-            per_window = activity_stats(events, settings.window_seconds, late).cache()
-            write("activity_stats", per_window.drop(LATE_EVENTS))
-            write("sessions", sessions(events, settings.session_gap_seconds))
         late_rows = late_events(per_window, settings.topic_for(contract)).cache()
         late_rows.count()
         per_window.unpersist()
@@ -134,9 +134,21 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
 
     with ThreadPoolExecutor(len(VIEW_CONTRACTS), thread_name_prefix="batch") as pool:
         late = list(pool.map(chain, VIEW_CONTRACTS))
-    write(LATE_EVENTS, late[0].unionByName(late[1]))
+    write(LATE_EVENTS, functools.reduce(DataFrame.unionByName, late))
     log.info("batch %s recomputed in %.1f s", day, time.monotonic() - started)
     return DayResult(day, {name: rows[name] for name in OUTPUTS}, time.monotonic() - started)
+
+
+def _late_events_carrier(views: list[View], parameters: Parameters) -> View:
+    """The view whose per-window rows count a contract's late events: the first with per-window rows in the
+    settings' window (the late events' windows)."""
+    for view in views:
+        if (
+            SPARK_VIEWS[view.name].per_window is not None
+            and view.window(parameters) == parameters.window_seconds
+        ):
+            return view
+    raise ValueError(f"no view of {views[0].contract} has per-window rows to count its late events")
 
 
 def write_day_atomically(frame: DataFrame, base: Path, day: date) -> int:

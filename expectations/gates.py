@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONTEXT_ROOT = Path(__file__).resolve().parent
 CONTRACTS = ("iot_sensors", "user_activity")
-RECONCILED_VIEWS = ("sensor_stats", "location_stats", "activity_stats")
+RECONCILED_VIEWS = tuple(name for name, view in VIEWS.items() if view.reconciled)
 
 
 class QualityGateFailed(RuntimeError):
@@ -198,19 +198,20 @@ def reconciliation_frame(settings: Settings, day: date) -> pd.DataFrame:
     start = datetime.combine(day, datetime.min.time())
     frames = []
     for name in RECONCILED_VIEWS:
-        keys = list(VIEWS[name].keys)
+        view = VIEWS[name]
+        keys, count, time_column = list(view.keys), view.increment.count, view.time_column
         table = store.SPEED_TABLES[name]
-        query = select(*[table.c[k] for k in keys], table.c.events).where(
-            table.c.window_start >= start, table.c.window_start < start + timedelta(days=1)
+        query = select(*[table.c[k] for k in keys], table.c[count].label("events")).where(
+            table.c[time_column] >= start, table.c[time_column] < start + timedelta(days=1)
         )
         with engine.connect() as connection:
             speed = pd.DataFrame(connection.execute(query).mappings().all(), columns=[*keys, "events"])
-        batch = view_day_frame(settings, name, day)[[*keys, "events"]]
-        batch["window_start"] = pd.to_datetime(batch["window_start"], utc=True).dt.tz_localize(None)
-        speed["window_start"] = pd.to_datetime(speed["window_start"])
+        batch = view_day_frame(settings, name, day)[[*keys, count]].rename(columns={count: "events"})
+        batch[time_column] = pd.to_datetime(batch[time_column], utc=True).dt.tz_localize(None)
+        speed[time_column] = pd.to_datetime(speed[time_column])
         both = batch.merge(speed, on=keys, suffixes=("_batch", "_speed"))
         frames.append(pd.DataFrame({
-            "view": name, "window_start": both["window_start"],
+            "view": name, "window_start": both[time_column],
             "events_batch": both["events_batch"], "events_speed": both["events_speed"],
             "counts_differ": both["events_batch"] != both["events_speed"],
         }))  # fmt: skip

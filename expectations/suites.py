@@ -13,7 +13,7 @@ from pathlib import Path
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from lambdaflow.contracts import EVENT_TYPES
+from lambdaflow.contracts import ARROW_SCHEMAS, EVENT_TYPES, MODELS, RANGES
 from lambdaflow.views import VIEWS
 
 CONTEXT_ROOT = Path(__file__).resolve().parent
@@ -34,49 +34,40 @@ def _between(column: str, low: float | None, high: float | None, **extra: object
 
 
 def raw_suites() -> dict[str, list]:
-    def common() -> list:  # fresh objects: an expectation belongs to one suite
-        return [
+    """From the event contracts: unique ids, the day's row count in its band, every required text and time
+    field present, the numeric fields in their ranges, the event type one of the contract's."""
+    suites = {}
+    for contract, model in MODELS.items():
+        schema = ARROW_SCHEMAS[contract]
+        required = [name for name, info in model.model_fields.items() if info.is_required()]
+        present = [name for name in schema.names if name in required and name not in RANGES]
+        expectations = [
             gxe.ExpectColumnValuesToBeUnique(column="event_id", meta=CRITICAL),
             gxe.ExpectTableRowCountToBeBetween(**ROW_BAND, meta=CRITICAL),
+            *_not_null(*present),
         ]
-
-    return {
-        "raw_iot_sensors": [
-            *common(),
-            *_not_null("event_id", "sensor_id", "location", "ts"),
-            _between("temperature", -50, 100),
-            _between("humidity", 0, 100),
-            _between("pressure", 800, 1200),
-            _between("battery", 0, 100),
-        ],
-        "raw_user_activity": [
-            *common(),
-            *_not_null("event_id", "user_id", "session_id", "ts", "event_type"),
-            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES), meta=CRITICAL),
-            _between("amount", 0, None),
-        ],
-    }
+        if "event_type" in schema.names:
+            expectations.append(gxe.ExpectColumnValuesToBeInSet(
+                column="event_type", value_set=list(EVENT_TYPES), meta=CRITICAL
+            ))  # fmt: skip
+        expectations += [_between(name, *RANGES[name]) for name in schema.names if name in RANGES]
+        suites[f"raw_{contract}"] = expectations
+    return suites
 
 
 def view_suites() -> dict[str, list]:
+    """From the view definitions: unique, present keys; the counts add up to the day's distinct input events
+    and none is below 1; the definition's value ranges."""
     suites = {}
     for name, view in VIEWS.items():
-        expectations = [
+        count = view.increment.count
+        suites[f"view_{name}"] = [
             gxe.ExpectCompoundColumnsToBeUnique(column_list=list(view.keys), meta=CRITICAL),
             *_not_null(*view.keys),
-            gxe.ExpectColumnSumToBeBetween(column="events", **INPUT_EVENTS, meta=CRITICAL),
-            _between("events", 1, None),
+            gxe.ExpectColumnSumToBeBetween(column=count, **INPUT_EVENTS, meta=CRITICAL),
+            _between(count, 1, None),
+            *(_between(expected.column, expected.low, expected.high) for expected in view.expectations),
         ]
-        if name == "sensor_stats":
-            expectations += [_between("temperature_min", -50, 100), _between("temperature_max", -50, 100),
-                             _between("battery_min", 0, 100)]  # fmt: skip
-        if name == "location_stats":
-            expectations += [_between("sensors", 1, None), _between("temperature_avg", -50, 100)]
-        if name == "activity_stats":
-            expectations += [_between("users", 1, None), _between("revenue", 0, None)]
-        if name == "sessions":
-            expectations += [_between("duration_s", 0, None), _between("revenue", 0, None)]
-        suites[f"view_{name}"] = expectations
     return suites
 
 

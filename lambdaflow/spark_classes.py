@@ -35,7 +35,8 @@ def write_archive(archive: Path = CLASS_ARCHIVE) -> Path:
 
     from lambdaflow.lake import RAW_SCHEMAS
     from lambdaflow.settings import load_settings
-    from lambdaflow.views import VIEWS, clean, dedupe_exact
+    from lambdaflow.views import VIEWS, Parameters
+    from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
 
     partial = archive.with_name(f".{archive.name}.tmp")
     partial.unlink(missing_ok=True)
@@ -51,7 +52,7 @@ def write_archive(archive: Path = CLASS_ARCHIVE) -> Path:
             events = clean(dedupe_exact(spark.read.schema(schema).parquet(path)))
             for name, view in VIEWS.items():
                 if view.contract == contract:
-                    view.build(events, 300).write.parquet(f"{temporary}/{name}")
+                    SPARK_VIEWS[name].build(events, Parameters()).write.parquet(f"{temporary}/{name}")
             events.groupBy("_topic").count().cache().collect()
         proc, java = driver_process(spark), jvm(spark)
         spark.stop()

@@ -40,48 +40,35 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
-from lambdaflow.views import VIEWS
+from lambdaflow.views import VIEWS, Field
+from lambdaflow.views.model import BYTES, FLOAT, INTEGER, TEXT, TIME
 
 metadata = MetaData()
 
-# Value columns of each view (the key columns come from lambdaflow.views.VIEWS).
 _TIME = DateTime()  # naive UTC everywhere: SQLite has no time zones, PostgreSQL gets "timestamp"
+
+
+def _sql_type(column: Field) -> Any:
+    """A view column's SQL type, from the views' type vocabulary."""
+    if column.type == TEXT:
+        return String(column.length)
+    return {TIME: DateTime, INTEGER: BigInteger, FLOAT: Float, BYTES: LargeBinary}[column.type]()
+
+
+# Columns of each view (keys included), from its definition.
 VIEW_COLUMNS: dict[str, dict[str, Any]] = {
-    "sensor_stats": {
-        "window_start": _TIME, "sensor_id": String(128), "location": String(128), "events": BigInteger(),
-        "temperature_avg": Float(), "temperature_min": Float(), "temperature_max": Float(),
-        "humidity_avg": Float(), "pressure_avg": Float(), "battery_min": Float(),
-    },
-    "location_stats": {
-        "window_start": _TIME, "location": String(128), "events": BigInteger(), "sensors": BigInteger(),
-        "temperature_avg": Float(), "temperature_max": Float(),
-    },
-    "activity_stats": {
-        "window_start": _TIME, "event_type": String(32), "browser": String(128), "events": BigInteger(),
-        "users": BigInteger(), "revenue": Float(),
-    },
-    "sessions": {
-        "session_id": String(128), "session_start": _TIME, "user_id": String(128), "session_end": _TIME,
-        "duration_s": Float(), "events": BigInteger(), "purchases": BigInteger(), "revenue": Float(),
-    },
-}  # fmt: skip
+    name: {column.name: _sql_type(column) for column in view.columns} for name, view in VIEWS.items()
+}
 
 # The speed tables also keep each view's mergeable partials (see lambdaflow.views.Increment): sums behind the
 # averages and the HyperLogLog sketches behind the distinct counts.
 SPEED_PARTIAL_COLUMNS: dict[str, dict[str, Any]] = {
-    "sensor_stats": {"temperature_sum": Float(), "humidity_sum": Float(), "pressure_sum": Float()},
-    "location_stats": {"temperature_sum": Float(), "sensors_sketch": LargeBinary()},
-    "activity_stats": {"users_sketch": LargeBinary()},
-    "sessions": {},
-}  # fmt: skip
-
+    name: {column.name: _sql_type(column) for column in view.increment.partials}
+    for name, view in VIEWS.items()
+}
 
 # The serving layer looks views up by one subject over a time range; these indexes make that a range scan.
-_LOOKUPS: dict[str, tuple[str, ...]] = {
-    "sensor_stats": ("sensor_id", "window_start"),
-    "location_stats": ("location", "window_start"),
-    "sessions": ("session_start",),
-}
+_LOOKUPS: dict[str, tuple[str, ...]] = {name: view.lookup for name, view in VIEWS.items() if view.lookup}
 
 
 def _view_table(prefix: str, view: str) -> Table:
@@ -97,7 +84,7 @@ def _view_table(prefix: str, view: str) -> Table:
         updated_at = Column("updated_at", _TIME, nullable=False)
         # SQLite keeps a WITHOUT ROWID table's rows in its primary key's B-tree: an upsert changes one tree,
         # not the key's index and the table (small rows only, so not the views with HyperLogLog sketches)
-        clustered = {"sqlite_with_rowid": False} if view == "sessions" else {}
+        clustered = {"sqlite_with_rowid": False} if VIEWS[view].increment.sessions else {}
         return Table(f"{prefix}_{view}", metadata, *columns, *partials, updated_at, **clustered)
     # batch rows carry their day, not a wall-clock time, so republishing a day changes no byte
     day = Column("day", Date, nullable=False, index=True)

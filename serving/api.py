@@ -15,8 +15,9 @@ from marshmallow import RAISE, Schema, ValidationError
 from webargs.flaskparser import FlaskParser
 
 from lambdaflow import store
+from lambdaflow.views import CLEANED_COLUMNS, VIEWS, View
 from serving import merge, schemas
-from serving.params import ActivityQuery, AlertsQuery, NoQuery, QualityQuery, SessionsQuery, TimeRange
+from serving.params import AlertsQuery, NoQuery, QualityQuery, view_query
 
 
 class _BadRequestParser(FlaskParser):
@@ -123,40 +124,46 @@ def list_sensors(_: dict[str, Any]) -> Response:
     return _json({"sensors": merge.sensors(_engine())})
 
 
-@api.route("/sensors/<sensor_id>/metrics")
-@api.arguments(TimeRange, location="query", as_kwargs=False)
-@api.answers(schemas.SensorMetrics, HTTPStatus.NOT_FOUND)
-@api.doc(summary="5-minute windows of one sensor (404: a sensor with no row in either layer)")
-def sensor_metrics(args: dict[str, Any], sensor_id: str) -> Response:
-    return _metrics("sensor_stats", args, {"sensor_id": sensor_id}, equals={"sensor_id": sensor_id})
+def _cleaned(column: str, value: str) -> str:
+    """A value as both layers store the column: categorical strings trimmed and lower-cased."""
+    return value.strip().lower() if column in CLEANED_COLUMNS else value
 
 
-@api.route("/locations/<location>/metrics")
-@api.arguments(TimeRange, location="query", as_kwargs=False)
-@api.answers(schemas.LocationMetrics, HTTPStatus.NOT_FOUND)
-@api.doc(summary="5-minute windows of one location (404: a location with no row in either layer)")
-def location_metrics(args: dict[str, Any], location: str) -> Response:
-    location = location.strip().lower()  # stored cleaned, as both layers clean it
-    return _metrics("location_stats", args, {"location": location}, equals={"location": location})
+def _view_handler(view: View) -> Callable[..., Response]:
+    """The handler of a view's route: its subject from the path (404 when unknown), its filters from the
+    query (an empty text filter is no filter)."""
+    route = view.route
+    assert route is not None
+
+    def answer(args: dict[str, Any], **path: str) -> Response:
+        subject, equals, at_least = {}, {}, {}
+        if route.subject is not None:
+            subject[route.subject] = equals[route.subject] = _cleaned(route.subject, path[route.subject])
+        for found in route.filters:
+            value = args.get(found.name)
+            if found.at_least and value is not None:
+                at_least[found.column] = value
+            elif not found.at_least and value:
+                equals[found.column] = _cleaned(found.column, value)
+        return _metrics(view.name, args, subject, equals=equals, at_least=at_least)
+
+    answer.__name__ = answer.__qualname__ = view.name
+    return answer
 
 
-@api.route("/activity")
-@api.arguments(ActivityQuery, location="query", as_kwargs=False)
-@api.answers(schemas.ActivityMetrics)
-@api.doc(summary="User activity per window, event type and browser, with revenue")
-def activity(args: dict[str, Any]) -> Response:
-    equals = {name: args[name].strip().lower() if name == "browser" else args[name]
-              for name in ("event_type", "browser") if args.get(name)}  # fmt: skip
-    return _metrics("activity_stats", args, {}, equals=equals)
+def _add_view_route(view: View) -> None:
+    route = view.route
+    assert route is not None
+    errors = (HTTPStatus.NOT_FOUND,) if route.subject is not None else ()
+    handler = api.doc(summary=route.summary)(_view_handler(view))
+    handler = api.answers(schemas.ANSWERS[view.name], *errors)(handler)
+    handler = api.arguments(view_query(view), location="query", as_kwargs=False)(handler)
+    api.route(route.path, endpoint=view.name)(handler)
 
 
-@api.route("/sessions")
-@api.arguments(SessionsQuery, location="query", as_kwargs=False)
-@api.answers(schemas.SessionsAnswer)
-@api.doc(summary="User sessions (30-minute gap) that started in the range")
-def sessions(args: dict[str, Any]) -> Response:
-    at_least = {"duration_s": args["min_duration_s"]} if args.get("min_duration_s") is not None else {}
-    return _metrics("sessions", args, {}, at_least=at_least)
+for _view in VIEWS.values():
+    if _view.route is not None:
+        _add_view_route(_view)
 
 
 @api.route("/alerts")

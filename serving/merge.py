@@ -22,10 +22,7 @@ from lambdaflow.views import VIEWS
 # Columns the speed layer estimates with HyperLogLog sketches (exact in batch); the API marks them on speed
 # points.
 APPROXIMATE_IN_SPEED: dict[str, tuple[str, ...]] = {
-    "sensor_stats": (),
-    "location_stats": ("sensors",),
-    "activity_stats": ("users",),
-    "sessions": (),
+    name: view.increment.approximate for name, view in VIEWS.items()
 }
 
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
+from lambdaflow.alerts import RULES as ALERT_RULES
 from lambdaflow.store import utc_naive
+from lambdaflow.views import View
+from lambdaflow.views.model import TEXT
 
 DEFAULT_RANGE = timedelta(hours=24)
 MAX_RANGE = timedelta(days=31)
-ALERT_RULES = ("temperature_high", "battery_low", "session_long", "temperature_anomaly")
 # A day inside datetime's years on both ends, so a default range or a UTC offset never leaves them.
 EARLIEST_TIME = datetime(1, 1, 3)
 LATEST_TIME = datetime(9999, 12, 29)
@@ -96,15 +98,21 @@ class TimeRange(Schema):
         return data
 
 
-class ActivityQuery(TimeRange):
-    event_type = fields.String(validate=validate.Length(1, 32), metadata={"description": "e.g. purchase"})
-    browser = fields.String(validate=validate.Length(1, 128))
-
-
-class SessionsQuery(TimeRange):
-    """Sessions that started in [from, to)."""
-
-    min_duration_s = FiniteFloat(validate=validate.Range(min=0), metadata={"description": "Seconds"})
+def view_query(view: View) -> type[Schema]:
+    """A view route's query: the time range and the route's filters (text as long as its column at most,
+    numbers finite and at least their `minimum`)."""
+    assert view.route is not None
+    filters: dict[str, fields.Field] = {}
+    for found in view.route.filters:
+        metadata = {"description": found.description} if found.description else {}
+        column = view.column(found.column)
+        if column.type == TEXT:
+            filters[found.name] = fields.String(validate=validate.Length(1, column.length), metadata=metadata)
+        else:
+            bound = [validate.Range(min=found.minimum)] if found.minimum is not None else []
+            filters[found.name] = FiniteFloat(validate=bound, metadata=metadata)
+    name = "".join(part.title() for part in view.name.split("_")) + "Query"
+    return TimeRange.from_dict(filters, name=name)
 
 
 class AlertsQuery(Schema):

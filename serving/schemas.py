@@ -1,9 +1,10 @@
 """The API's answers as marshmallow schemas: the OpenAPI document is generated from them, and the
 Schemathesis test checks every answer against that document.
 
-The views' point schemas come from the store's columns (`lambdaflow.store.VIEW_COLUMNS`), so a new view or
-column is documented where it is defined. The handlers write JSON with orjson directly (dumping through
-marshmallow would cost more than the query); the schemas are the contract those answers are tested against.
+The views' answer schemas come from their definitions (`lambdaflow.views`: the route's subject, the store's
+columns), so a new view or column is documented where it is defined. The handlers write JSON with orjson
+directly (dumping through marshmallow would cost more than the query); the schemas are the contract those
+answers are tested against.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import BigInteger, Date, DateTime, Float, Integer, String
 
 from lambdaflow import store
+from lambdaflow.alerts import RULES as ALERT_RULES
 from lambdaflow.views import VIEWS
 from serving.merge import APPROXIMATE_IN_SPEED
-from serving.params import ALERT_RULES
 
 
 class Strict(Schema):
@@ -90,10 +91,12 @@ def _metrics_schema(view: str, subject: tuple[str, ...] = ()) -> type[Schema]:
     return Strict.from_dict(answer, name=name)
 
 
-SensorMetrics = _metrics_schema("sensor_stats", ("sensor_id",))
-LocationMetrics = _metrics_schema("location_stats", ("location",))
-ActivityMetrics = _metrics_schema("activity_stats")
-SessionsAnswer = _metrics_schema("sessions")
+# The answer of each view's route.
+ANSWERS: dict[str, type[Schema]] = {
+    name: _metrics_schema(name, (view.route.subject,) if view.route.subject else ())
+    for name, view in VIEWS.items()
+    if view.route is not None
+}
 
 
 class Sensor(Strict):

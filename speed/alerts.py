@@ -1,6 +1,6 @@
-"""Real-time alert rules: temperature above, battery below, sessions longer than their thresholds, and
-temperature anomalies (|z| above a threshold against the per-sensor, per-hour-of-day baseline that the batch
-layer computes).
+"""Real-time alerts by the kernel's rules (`lambdaflow.alerts`): temperature above, battery below, sessions
+longer than their thresholds, and temperature anomalies (|z| above a threshold against the per-sensor,
+per-hour-of-day baseline that the batch layer computes).
 
 A rule fires only strictly beyond its threshold. Each alert's id is a UUID5 of the rule and what it is about
 (the event id, or the session id), so replaying a micro-batch produces the same ids and no duplicates.
@@ -15,26 +15,10 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from lambdaflow.settings import Settings
+from lambdaflow.alerts import READING_THRESHOLDS, Thresholds
 
 ALERT_NAMESPACE = uuid.UUID("6f1d3c52-8a4e-4d4e-9a51-6c2b7f0e9d11")
-RULES = ("temperature_high", "battery_low", "session_long", "temperature_anomaly")
 Baselines = Mapping[tuple[str, int], tuple[float, float]]  # (sensor_id, hour of day) -> (mean, std)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    temperature_c: float = 30.0
-    battery_pct: float = 20.0
-    session_s: float = 300.0
-    anomaly_z: float = 3.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Thresholds:
-        return cls(
-            settings.alert_temperature_c, settings.alert_battery_pct, settings.alert_session_s,
-            settings.alert_anomaly_z,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,10 +56,9 @@ def reading_alerts(event: Mapping[str, Any], thresholds: Thresholds, baselines: 
         found.append(Alert(alert_id(rule, event["event_id"]), rule, event["ts"], event["sensor_id"], value,
                            threshold, payload))  # fmt: skip
 
-    if event["temperature"] > thresholds.temperature_c:
-        raise_alert("temperature_high", event["temperature"], thresholds.temperature_c)
-    if event["battery"] < thresholds.battery_pct:
-        raise_alert("battery_low", event["battery"], thresholds.battery_pct)
+    for rule in READING_THRESHOLDS:
+        if rule.breaks(event[rule.column], thresholds):
+            raise_alert(rule.rule, event[rule.column], rule.limit(thresholds))
     baseline = baselines.get((event["sensor_id"], event["ts"].astimezone(UTC).hour))
     if baseline is not None:
         mean, std = baseline

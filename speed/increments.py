@@ -14,7 +14,7 @@ from typing import Any
 
 import datasketches
 
-from lambdaflow.views import HLL_LG_K, Increment
+from lambdaflow.views import HLL_LG_K, Increment, Latest
 
 Row = dict[str, Any]
 
@@ -36,6 +36,10 @@ def _union(sketches: Iterable[bytes]) -> datasketches.hll_sketch:
 def combine(increment: Increment, old: Mapping[str, Any], new: Mapping[str, Any]) -> Row:
     """Two partial rows of one key as one."""
     row = dict(new)
+    for latest in increment.latest:  # before the maxes: the order columns may be among them
+        if _order(latest, old) > _order(latest, new):
+            for column in (latest.value, *latest.order):
+                row[column] = old[column]
     for column in increment.sums:
         row[column] = old[column] + new[column]
     for column in increment.mins:
@@ -47,10 +51,14 @@ def combine(increment: Increment, old: Mapping[str, Any], new: Mapping[str, Any]
     return row
 
 
+def _order(latest: Latest, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(aware(row[name]) if isinstance(row[name], datetime) else row[name] for name in latest.order)
+
+
 def finish(increment: Increment, row: Row) -> Row:
     """Derive the view's averages and distinct counts from a row's partials."""
     for average, total in increment.averages:
-        row[average] = row[total] / row["events"]
+        row[average] = row[total] / row[increment.count]
     for sketch, count in increment.sketches:
         row[count] = round(datasketches.hll_sketch.deserialize(row[sketch]).get_estimate())
     return row
@@ -72,7 +80,9 @@ def _key(row: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(aware(row[k]) if isinstance(row[k], datetime) else row[k] for k in keys)
 
 
-def merge_sessions(stored: Iterable[Mapping[str, Any]], new: Iterable[Row], gap_s: float) -> list[Row]:
+def merge_sessions(
+    increment: Increment, stored: Iterable[Mapping[str, Any]], new: Iterable[Row], gap_s: float
+) -> list[Row]:
     """Every session of the `session_id`s in `new`: stored and new partial sessions merged per
     (session_id, user_id). A part joins the session before it when it starts less than the gap after that
     session's end; the merged rows' times are aware UTC."""
@@ -92,9 +102,8 @@ def merge_sessions(stored: Iterable[Mapping[str, Any]], new: Iterable[Row], gap_
             start, end = aware(part["session_start"]), aware(part["session_end"])
             if current is not None and start - current["session_end"] < gap:
                 current["session_end"] = max(current["session_end"], end)
-                current["events"] += part["events"]
-                current["purchases"] += part["purchases"]
-                current["revenue"] += part["revenue"]
+                for column in increment.sums:
+                    current[column] += part[column]
             else:
                 current = {**part, "session_start": start, "session_end": end}
                 merged.append(current)

@@ -37,7 +37,8 @@ from lambdaflow.pyspark_compat import progress_from_json
 from lambdaflow.records import INVALID
 from lambdaflow.settings import Settings
 from lambdaflow.spark import signalling_its_end, trigger
-from lambdaflow.views import VIEWS, built_once, clean, dedupe_within_watermark
+from lambdaflow.views import VIEWS, Parameters
+from lambdaflow.views.spark import SPARK_VIEWS, breaks_a_threshold, built_once, clean, dedupe_within_watermark
 from speed.alerts import Alert, Baselines, Thresholds, reading_alerts, session_alerts
 from speed.increments import merge_sessions, merge_windows
 
@@ -169,8 +170,8 @@ class SpeedSink:
                  len(new), time.monotonic() - started, spark_s)  # fmt: skip
 
     def _partial_rows(self, batch: DataFrame, view: str) -> list[dict[str, Any]]:
-        size = self.settings.session_gap_seconds if view == "sessions" else self.settings.window_seconds
-        return VIEWS[view].increment.partial(batch, size).toArrow().to_pylist()
+        parameters = Parameters.from_settings(self.settings)
+        return SPARK_VIEWS[view].partial(batch, parameters).toArrow().to_pylist()
 
     def checkpoint_id(self) -> str:
         """The query id Spark keeps in the checkpoint (a new checkpoint, a new id)."""
@@ -212,7 +213,7 @@ def merge_view(
         ids = sorted({row["session_id"] for row in rows})
         for chunk in _chunks([] if rebuild else ids):
             stored += _dicts(connection.execute(select(table).where(table.c.session_id.in_(chunk))))
-        merged = merge_sessions(stored, rows, settings.session_gap_seconds)
+        merged = merge_sessions(definition.increment, stored, rows, settings.session_gap_seconds)
         kept = {(row["session_id"], row["session_start"].replace(tzinfo=None)) for row in merged}  # UTC
         stale = {(row["session_id"], row["session_start"]) for row in stored} - kept
         return MergedView(merged, sorted(stale))
@@ -597,7 +598,7 @@ def reading_alert_candidates(
     batch: DataFrame, thresholds: Thresholds, baselines: Baselines
 ) -> list[dict[str, Any]]:
     """The readings of a micro-batch that may break a rule (filtered in Spark; the rules decide)."""
-    breaking = _threshold_breaking(thresholds.temperature_c, thresholds.battery_pct)
+    breaking = breaks_a_threshold(thresholds)
     rows = [(sensor, hour, mean, std) for (sensor, hour), (mean, std) in baselines.items() if std > 0]
     if rows:  # anomalies: join the (small) baselines and keep readings beyond |z|
         frame = batch.sparkSession.createDataFrame(
@@ -609,11 +610,6 @@ def reading_alert_candidates(
         z = F.abs((F.col("temperature") - F.col("b_mean")) / F.col("b_std"))
         breaking = breaking | (F.col("b_std").isNotNull() & (z > thresholds.anomaly_z))
     return batch.where(breaking).select(*_reading_columns()).toArrow().to_pylist()
-
-
-@built_once
-def _threshold_breaking(temperature_c: float, battery_pct: float) -> Column:
-    return (F.col("temperature") > temperature_c) | (F.col("battery") < battery_pct)
 
 
 @built_once

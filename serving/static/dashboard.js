@@ -133,7 +133,9 @@ async function drawHealth() {
   const badge = document.getElementById("status");
   badge.textContent = health.status;
   badge.className = "badge " + health.status;
-  const horizon = health.batch && health.batch.horizons.location_stats;
+  // every view is published with the day, so their horizons agree; the oldest one when a view lags
+  const horizons = health.batch ? Object.values(health.batch.horizons).filter(Boolean).sort() : [];
+  const horizon = horizons[0];
   document.getElementById("as-of").textContent = "batch as of " + (horizon || "— (nothing published yet)");
 }
 

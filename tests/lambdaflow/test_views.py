@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 
 from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock
-from lambdaflow.views import VIEWS, clean, dedupe_exact
+from lambdaflow.views import VIEWS, Parameters
+from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
 from tests import ground_truth
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)  # crosses midnight: no window may span two days
 WINDOW_S, GAP_S = ground_truth.WINDOW_S, ground_truth.GAP_S
+PARAMETERS = Parameters(window_seconds=WINDOW_S, session_gap_seconds=GAP_S)
 
 
 def with_faults(events: list[dict], seed: int) -> pd.DataFrame:
@@ -42,8 +44,7 @@ def with_faults(events: list[dict], seed: int) -> pd.DataFrame:
 
 def spark_rows(spark, frame: pd.DataFrame, view: str) -> pd.DataFrame:
     events = dedupe_exact(clean(spark.createDataFrame(frame)))
-    size = GAP_S if view == "sessions" else WINDOW_S
-    result = VIEWS[view].build(events, size).toPandas()
+    result = SPARK_VIEWS[view].build(events, PARAMETERS).toPandas()
     for column in result.columns:
         if pd.api.types.is_datetime64_any_dtype(result[column]):
             result[column] = pd.to_datetime(result[column]).dt.tz_localize("UTC")
@@ -108,7 +109,7 @@ def test_dedupe_keeps_the_copy_with_the_lowest_kafka_coordinates(spark, monkeypa
     truth = frame.sort_values(["_topic", "_partition", "_offset"]).drop_duplicates("event_id")
     assert frame["event_id"].duplicated().any() and (truth["value"] > 0).any(), "no copy order to tell apart"
     if rank_every_row:
-        monkeypatch.setattr("lambdaflow.views.REPEATED_IDS_BROADCAST_LIMIT", 0)
+        monkeypatch.setattr("lambdaflow.views.spark.REPEATED_IDS_BROADCAST_LIMIT", 0)
 
     kept = dedupe_exact(spark.createDataFrame(frame)).toPandas()
 
@@ -148,7 +149,7 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
     })  # fmt: skip
     events = spark.createDataFrame(frame)
 
-    windows = VIEWS["activity_stats"].build(events, WINDOW_S).toPandas()
+    windows = SPARK_VIEWS["activity_stats"].build(events, PARAMETERS).toPandas()
     starts = pd.to_datetime(windows["window_start"]).dt.tz_localize("UTC")
     assert dict(zip(starts, windows["events"], strict=True)) == {
         pd.Timestamp(start) - pd.Timedelta(seconds=WINDOW_S): 1,
@@ -156,7 +157,7 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
         pd.Timestamp(start + gap - us).floor(f"{WINDOW_S}s"): 1,
         pd.Timestamp(start + 2 * gap - us).floor(f"{WINDOW_S}s"): 2,
     }
-    sessions = VIEWS["sessions"].build(events, GAP_S).toPandas().sort_values("session_start")
+    sessions = SPARK_VIEWS["sessions"].build(events, PARAMETERS).toPandas().sort_values("session_start")
     # start-1us, start, start+gap-1us: each silence is shorter than the gap (one session); then exactly the
     # gap: start+2gap-1us twice is a second session
     assert sessions["events"].tolist() == [3, 2]
@@ -166,13 +167,13 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
 def test_view_columns_are_built_once_per_session_and_arguments(spark):
     """The speed layer rebuilds its views every micro-batch; their Columns are built once (`built_once`), and
     the same Columns serve different DataFrames, each resolving them against its own rows."""
-    from lambdaflow.views import _sensor_stats_columns
+    from lambdaflow.views.spark import _sensor_stats_columns
 
     assert _sensor_stats_columns(WINDOW_S) is _sensor_stats_columns(WINDOW_S)
     assert _sensor_stats_columns(WINDOW_S) is not _sensor_stats_columns(2 * WINDOW_S)
     events = list(islice(IotSimulator(seed=3).events(simulated_clock(START, 50)), 400))
     first, second = (with_faults(half, seed=1) for half in (events[:150], events[150:]))
     for frame in (first, second):
-        partial = VIEWS["sensor_stats"].increment.partial(spark.createDataFrame(frame), WINDOW_S).toPandas()
+        partial = SPARK_VIEWS["sensor_stats"].partial(spark.createDataFrame(frame), PARAMETERS).toPandas()
         assert partial["events"].sum() == len(frame)
         assert sorted(partial["sensor_id"].unique()) == sorted(frame["sensor_id"].unique())

@@ -38,13 +38,15 @@ def test_a_partial_session_bridging_two_stored_ones_merges_all_three():
             "session_end": T0.replace(tzinfo=None) + timedelta(minutes=70),
         },
     ]  # stored times are naive UTC
-    merged = merge_sessions(stored, [part("a", 35, 36, 1)], GAP_S)
+    merged = merge_sessions(VIEWS["sessions"].increment, stored, [part("a", 35, 36, 1)], GAP_S)
     assert spans(merged) == [("a", "u1", T0, T0 + timedelta(minutes=70), 6, 2, 60.0, 4200.0)]
 
 
 def test_sessions_stay_apart_at_exactly_the_gap_and_other_ids_and_users_are_kept():
     stored = [part("a", 0, 10, 3), part("a", 0, 5, 1, user="u2"), part("b", 0, 1, 1)]
-    merged = merge_sessions(stored, [part("a", 40, 41, 1), part("a", -40, -30, 2)], GAP_S)
+    merged = merge_sessions(
+        VIEWS["sessions"].increment, stored, [part("a", 40, 41, 1), part("a", -40, -30, 2)], GAP_S
+    )
     assert spans(merged) == [
         ("a", "u1", T0 - timedelta(minutes=40), T0 - timedelta(minutes=30), 2, 1, 20.0, 600.0),
         ("a", "u1", T0, T0 + timedelta(minutes=10), 3, 1, 30.0, 600.0),  # 30 min apart on both sides

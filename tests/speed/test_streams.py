@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from lambdaflow import store
-from lambdaflow.views import HLL_RELATIVE_ERROR, VIEWS, clean, dedupe_exact
+from lambdaflow.views import HLL_RELATIVE_ERROR, VIEWS, Parameters
+from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
 from speed.streams import ProgressRecorder, checkpoint_of, query_name, start_speed_query
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
@@ -107,7 +108,7 @@ def test_stream_equals_static_view_and_ground_truth(spark, settings, progress_re
     compare(streamed, truth, view)
 
     static_events = dedupe_exact(clean(spark.createDataFrame(frame.drop(columns=["_partition", "_offset"]))))
-    static = VIEWS[view].build(static_events, settings.window_seconds).toPandas()
+    static = SPARK_VIEWS[view].build(static_events, Parameters.from_settings(settings)).toPandas()
     for column in ("window_start", "session_start", "session_end"):
         if column in static:
             static[column] = pd.to_datetime(static[column]).dt.tz_localize("UTC")

@@ -1,16 +1,17 @@
-"""The one definition of every view: functions from a DataFrame of valid events to a DataFrame of aggregates.
+"""How Spark computes each view (what a view is: `lambdaflow.views.definitions`), and the event preparation
+both layers share: cleaning, exact dedupe (batch) and dedupe within the watermark (speed).
 
-The batch layer applies them to one day of the lake; the speed layer applies their partial aggregations (of
-which each view is the finished form) to every micro-batch and merges the partials, so the two layers share
-the code that aggregates. Windows are tumbling, `window_seconds` long and
-aligned to UTC midnight (Spark aligns windows to the epoch, and the window length divides a day), so no
-window spans two days. Distinct counts are exact in batch and approximate (HyperLogLog sketches) in the
-speed layer, which keeps every view incrementally (see `Increment`).
+The batch layer applies a view to one day of the lake; the speed layer applies its partial aggregation (of
+which the view is the finished form) to every micro-batch and merges the partials, so the two layers share
+the code that aggregates. Windows are tumbling and aligned to UTC midnight (Spark aligns windows to the
+epoch, and a window's length divides a day), so no window spans two days. Distinct counts are exact in batch
+and HyperLogLog sketches in the speed layer.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from typing import Any, TypeVar
 from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+from lambdaflow.alerts import READING_THRESHOLDS, Thresholds
+from lambdaflow.pyspark_compat import active_context, dataframe_from_java, java_dataframe, jvm
+from lambdaflow.views.definitions import VIEWS
+from lambdaflow.views.model import CLEANED_COLUMNS, HLL_LG_K, Parameters
 
 Built = TypeVar("Built")
 _BUILT: weakref.WeakKeyDictionary[SparkContext, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
@@ -32,7 +38,7 @@ def built_once(build: Callable[..., Built]) -> Callable[..., Built]:
 
     @functools.wraps(build)
     def cached(*args: Any) -> Built:
-        context = SparkContext._active_spark_context
+        context = active_context()
         if context is None:
             return build(*args)
         built = _BUILT.setdefault(context, {})
@@ -44,13 +50,12 @@ def built_once(build: Callable[..., Built]) -> Callable[..., Built]:
     return cached
 
 
-CATEGORICAL_COLUMNS = ("location", "browser", "page")
 KAFKA_ORDER = ("_topic", "_partition", "_offset")
 
 
 def clean(events: DataFrame) -> DataFrame:
     """Trim and lower-case the categorical strings, so ' Chrome ' and 'chrome' are one browser."""
-    for name in CATEGORICAL_COLUMNS:
+    for name in CLEANED_COLUMNS:
         if name in events.columns:
             events = events.withColumn(name, F.lower(F.trim(F.col(name))))
     return events
@@ -116,8 +121,18 @@ def dedupe_within_watermark(events: DataFrame) -> DataFrame:
     reads every id it holds on every micro-batch, which at 5,000 events/s made micro-batches ~2x slower
     within 10 minutes. Every session from `lambdaflow.spark` loads the class and keeps state in RocksDB."""
     spark = events.sparkSession
-    dedupe = spark._jvm.lambdaflow.DedupeWithinWatermark
-    return DataFrame(dedupe.apply(events._jdf, "event_id", "ts"), spark)
+    dedupe = jvm(spark).lambdaflow.DedupeWithinWatermark
+    return dataframe_from_java(dedupe.apply(java_dataframe(events), "event_id", "ts"), spark)
+
+
+@built_once
+def breaks_a_threshold(thresholds: Thresholds) -> Column:
+    """Whether a reading breaks a threshold alert rule (`lambdaflow.alerts.READING_THRESHOLDS`)."""
+    rules = [
+        (operator.gt if rule.above else operator.lt)(F.col(rule.column), rule.limit(thresholds))
+        for rule in READING_THRESHOLDS
+    ]
+    return functools.reduce(operator.or_, rules)
 
 
 def window_start(window_seconds: int) -> Column:
@@ -130,10 +145,7 @@ def window_start(window_seconds: int) -> Column:
 # The speed layer keeps each view incrementally: every micro-batch's events are aggregated into partial rows
 # (the view's keys, mergeable columns), which are combined with the stored partial rows of the same keys.
 # Each view below is its partial aggregation finished (averages from sums); only the distinct counts differ:
-# exact in batch, HyperLogLog sketches (Apache DataSketches, 2^HLL_LG_K buckets: ~0.8 % relative standard
-# error) in the speed layer, where they merge without loss.
-HLL_LG_K = 14
-HLL_RELATIVE_ERROR = 1.04 / 2 ** (HLL_LG_K / 2)  # one standard error of a sketch's estimate
+# exact in batch, HyperLogLog sketches in the speed layer (see `lambdaflow.views.model.Increment`).
 
 
 def _sketch(column: str) -> Column:
@@ -331,66 +343,45 @@ def _session_piece_keys(gap_seconds: int) -> tuple[Column, ...]:
 
 
 @dataclass(frozen=True)
-class Increment:
-    """A view's incremental form: `partial` aggregates one micro-batch; two partial rows of a key combine
-    column by column (`sums`, `mins`, `maxes`, HLL `sketches` → their distinct-count column), and the view's
-    averages are `averages` (column → its sum column) over `events`. Sessions (`sessions=True`) merge as
-    intervals instead: partial sessions of one `session_id` closer than the gap are one session."""
+class SparkView:
+    """How Spark computes a view. `partial`: one micro-batch's partial rows (the speed layer's increment);
+    `build`: the view of a set of events. Batch, for a view with `per_window` rows: those rows with more
+    per-event values summed per row (`extra_sums`: the late events, so one aggregation counts them too),
+    finished by `finish`; a view whose definition names a `batch_input` is finished by its own `finish` from
+    that view's per-window rows."""
 
-    partial: Callable[[DataFrame, int], DataFrame]
-    sums: tuple[str, ...] = ("events",)
-    mins: tuple[str, ...] = ()
-    maxes: tuple[str, ...] = ()
-    sketches: tuple[tuple[str, str], ...] = ()
-    averages: tuple[tuple[str, str], ...] = ()
-    sessions: bool = False
+    partial: Callable[[DataFrame, Parameters], DataFrame]
+    build: Callable[[DataFrame, Parameters], DataFrame]
+    per_window: Callable[[DataFrame, Parameters, Mapping[str, Column]], DataFrame] | None = None
+    finish: Callable[[DataFrame], DataFrame] | None = None
 
 
-@dataclass(frozen=True)
-class View:
-    """A view: its source contract, its key columns (unique per row), its definition and its incremental
-    form for the speed layer."""
-
-    name: str
-    contract: str
-    keys: tuple[str, ...]
-    build: Callable[..., DataFrame]
-    time_column: str
-    increment: Increment
+def _window(view: str, parameters: Parameters) -> int:
+    return VIEWS[view].window(parameters)
 
 
-_WINDOW = "window_start"
-_SENSOR_STATS = Increment(
-    sensor_stats_partial,
-    sums=("events", "temperature_sum", "humidity_sum", "pressure_sum"),
-    mins=("temperature_min", "battery_min"),
-    maxes=("temperature_max",),
-    averages=(
-        ("temperature_avg", "temperature_sum"),
-        ("humidity_avg", "humidity_sum"),
-        ("pressure_avg", "pressure_sum"),
+SPARK_VIEWS: dict[str, SparkView] = {
+    "sensor_stats": SparkView(
+        partial=lambda events, p: sensor_stats_partial(events, _window("sensor_stats", p)),
+        build=lambda events, p: sensor_stats(events, _window("sensor_stats", p)),
+        per_window=lambda events, p, extra: sensor_stats_partial(events, _window("sensor_stats", p), extra),
+        finish=sensor_stats_from_partial,
     ),
-)
-_LOCATION_STATS = Increment(
-    location_stats_partial,
-    sums=("events", "temperature_sum"),
-    maxes=("temperature_max",),
-    sketches=(("sensors_sketch", "sensors"),),
-    averages=(("temperature_avg", "temperature_sum"),),
-)
-_ACTIVITY_STATS = Increment(
-    activity_stats_partial, sums=("events", "revenue"), sketches=(("users_sketch", "users"),)
-)
-VIEWS: dict[str, View] = {
-    view.name: view
-    for view in (
-        View("sensor_stats", "iot_sensors", (_WINDOW, "sensor_id", "location"), sensor_stats, _WINDOW,
-             _SENSOR_STATS),
-        View("location_stats", "iot_sensors", (_WINDOW, "location"), location_stats, _WINDOW,
-             _LOCATION_STATS),
-        View("activity_stats", "user_activity", (_WINDOW, "event_type", "browser"), activity_stats, _WINDOW,
-             _ACTIVITY_STATS),
-        View("sessions", "user_activity", ("session_id", "session_start"), sessions, "session_start",
-             Increment(sessions_partial, sessions=True)),
-    )
-}  # fmt: skip
+    "location_stats": SparkView(
+        partial=lambda events, p: location_stats_partial(events, _window("location_stats", p)),
+        build=lambda events, p: location_stats(events, _window("location_stats", p)),
+        finish=location_stats_from_partial,
+    ),
+    "activity_stats": SparkView(
+        partial=lambda events, p: activity_stats_partial(events, _window("activity_stats", p)),
+        build=lambda events, p: activity_stats(events, _window("activity_stats", p)),
+        per_window=lambda events, p, extra: activity_stats(events, _window("activity_stats", p), extra),
+        finish=lambda per_window: per_window,
+    ),
+    "sessions": SparkView(
+        partial=lambda events, p: sessions_partial(events, p.session_gap_seconds),
+        build=lambda events, p: sessions(events, p.session_gap_seconds),
+    ),
+}
+if set(SPARK_VIEWS) != set(VIEWS):  # every definition has its computation, and no computation is orphaned
+    raise RuntimeError(f"views without a Spark computation, or the reverse: {set(SPARK_VIEWS) ^ set(VIEWS)}")
