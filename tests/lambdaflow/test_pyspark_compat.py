@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import psutil
 import pyspark
 import pytest
+from py4j.java_gateway import JavaClass
 
 from lambdaflow import pyspark_compat
 
@@ -33,7 +34,8 @@ def test_jvm(spark):
     with hook("jvm"):
         view = pyspark_compat.jvm(spark)
         assert view.java.lang.Math.max(2, 5) == 5
-        assert view.lambdaflow.DedupeWithinWatermark is not None  # lambdaflow's jar is on the class path
+        # a class on the class path (lambdaflow's jar), not py4j's guess of a package
+        assert isinstance(view.lambdaflow.DedupeWithinWatermark, JavaClass)
 
 
 def test_java_dataframe_and_back(spark):
