@@ -5,6 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 WINDOW_S, GAP_S = 300, 1800
+HEALTH_WINDOW_S = 3600
+# The threshold alert rules at the default settings: temperature above 30 °C, battery below 20 %.
+ALERT_TEMPERATURE_C, ALERT_BATTERY_PCT = 30.0, 20.0
 
 
 def clean_events(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,9 +55,26 @@ def sessions(events: pd.DataFrame) -> pd.DataFrame:
     return truth.drop(columns="burst")
 
 
+def device_health(events: pd.DataFrame) -> pd.DataFrame:
+    """Per hour and sensor: readings, lowest battery, the battery and time of the last reading (by time, then
+    event id), and the share of readings above the temperature or below the battery threshold."""
+    keys = ["window_start", "sensor_id"]
+    events = events.assign(
+        window_start=events["ts"].dt.floor(f"{HEALTH_WINDOW_S}s"),
+        alerting=(events["temperature"] > ALERT_TEMPERATURE_C) | (events["battery"] < ALERT_BATTERY_PCT),
+    )
+    last = events.sort_values([*keys, "ts", "event_id"]).drop_duplicates(keys, keep="last")
+    last = last[[*keys, "battery", "ts"]].rename(columns={"battery": "battery_last", "ts": "last_seen"})
+    counts = events.groupby(keys, as_index=False).agg(
+        readings=("event_id", "size"), battery_min=("battery", "min"), alert_share=("alerting", "mean")
+    )
+    return counts.merge(last, on=keys, validate="one_to_one")
+
+
 VIEWS = {
     "sensor_stats": sensor_stats,
     "location_stats": location_stats,
+    "device_health": device_health,
     "activity_stats": activity_stats,
     "sessions": sessions,
 }

@@ -11,6 +11,7 @@ from lambdaflow.views.model import (
     Between,
     Filter,
     Increment,
+    Latest,
     Route,
     View,
     binary,
@@ -156,7 +157,46 @@ SESSIONS = View(
     ),
 )
 
+DEVICE_HEALTH = View(
+    name="device_health",
+    contract="iot_sensors",
+    keys=(_WINDOW, "sensor_id"),
+    columns=(
+        time(_WINDOW),
+        text("sensor_id"),
+        integer("readings"),
+        number("battery_min"),
+        number("battery_last"),
+        time("last_seen"),
+        number("alert_share"),
+    ),
+    time_column=_WINDOW,
+    window_seconds=3600,
+    increment=Increment(
+        count="readings",
+        sums=("readings", "alerting_readings"),
+        mins=("battery_min",),
+        # the latest reading by (ts, event_id): its battery, its time (the newest of the window's readings)
+        latest=(Latest("battery_last", ("last_seen", "last_event_id")),),
+        averages=(("alert_share", "alerting_readings"),),
+        partials=(integer("alerting_readings"), text("last_event_id")),
+    ),
+    expectations=(
+        _in_contract_range("battery_min", "battery"),
+        _in_contract_range("battery_last", "battery"),
+        Between("alert_share", 0, 1),
+    ),
+    lookup=("sensor_id", _WINDOW),
+    reconciled=True,
+    route=Route(
+        "/sensors/<sensor_id>/health",
+        "Hourly health of one sensor: readings, battery, last reading, share of readings that broke a "
+        "temperature or battery alert threshold (404: a sensor with no row in either layer)",
+        subject="sensor_id",
+    ),
+)
+
 # The registry: every view, in the order the layers compute and publish them.
 VIEWS: dict[str, View] = {
-    view.name: view for view in (SENSOR_STATS, LOCATION_STATS, ACTIVITY_STATS, SESSIONS)
+    view.name: view for view in (SENSOR_STATS, LOCATION_STATS, DEVICE_HEALTH, ACTIVITY_STATS, SESSIONS)
 }

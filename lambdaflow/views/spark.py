@@ -342,6 +342,43 @@ def _session_piece_keys(gap_seconds: int) -> tuple[Column, ...]:
     return F.col("session_id"), F.col("user_id"), bucket.alias("_bucket")
 
 
+def device_health_partial(events: DataFrame, window_seconds: int, thresholds: Thresholds) -> DataFrame:
+    """Per window and sensor: readings, the lowest battery, the readings that broke a threshold rule, and
+    the latest reading by (ts, event_id) (a struct's max: deterministic, whatever order the rows come in)."""
+    keys, aggregates, latest = _device_health_columns(window_seconds, thresholds)
+    return events.groupBy(*keys).agg(*aggregates).select(*latest)
+
+
+@built_once
+def _device_health_columns(
+    window_seconds: int, thresholds: Thresholds
+) -> tuple[tuple[Column, ...], tuple[Column, ...], tuple[Column, ...]]:
+    keys = (window_start(window_seconds).alias("window_start"), F.col("sensor_id"))
+    aggregates = (
+        F.count(F.lit(1)).alias("readings"),
+        F.min("battery").alias("battery_min"),
+        F.sum(breaks_a_threshold(thresholds).cast("long")).alias("alerting_readings"),
+        F.max(F.struct("ts", "event_id", "battery")).alias("_latest"),
+    )
+    latest = (
+        *(
+            F.col(name)
+            for name in ("window_start", "sensor_id", "readings", "battery_min", "alerting_readings")
+        ),
+        F.col("_latest.ts").alias("last_seen"),
+        F.col("_latest.event_id").alias("last_event_id"),
+        F.col("_latest.battery").alias("battery_last"),
+    )
+    return keys, aggregates, latest
+
+
+def device_health_from_partial(partial: DataFrame) -> DataFrame:
+    return partial.select(
+        "window_start", "sensor_id", "readings", "battery_min", "battery_last", "last_seen",
+        (F.col("alerting_readings") / F.col("readings")).alias("alert_share"),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SparkView:
     """How Spark computes a view. `partial`: one micro-batch's partial rows (the speed layer's increment);
@@ -371,6 +408,12 @@ SPARK_VIEWS: dict[str, SparkView] = {
         partial=lambda events, p: location_stats_partial(events, _window("location_stats", p)),
         build=lambda events, p: location_stats(events, _window("location_stats", p)),
         finish=location_stats_from_partial,
+    ),
+    "device_health": SparkView(
+        partial=lambda events, p: device_health_partial(events, _window("device_health", p), p.thresholds),
+        build=lambda events, p: device_health_from_partial(
+            device_health_partial(events, _window("device_health", p), p.thresholds)
+        ),
     ),
     "activity_stats": SparkView(
         partial=lambda events, p: activity_stats_partial(events, _window("activity_stats", p)),

@@ -55,7 +55,8 @@ def test_gates_pass_a_clean_day_and_stop_a_corrupt_one(spark, settings):
     assert all(result.success for result in results)
     recorded = quality_rows(settings)
     assert set(recorded) == {"raw_iot_sensors", "raw_user_activity", "reconcile"} | {
-        f"view_{name}" for name in ("sensor_stats", "location_stats", "activity_stats", "sessions")
+        f"view_{name}"
+        for name in ("sensor_stats", "location_stats", "device_health", "activity_stats", "sessions")
     }
     assert all(row["success"] for row in recorded.values())
     assert (data_docs_dir(settings) / recorded["raw_iot_sensors"]["link"]).is_file()

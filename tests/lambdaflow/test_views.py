@@ -74,6 +74,7 @@ def activity() -> pd.DataFrame:
     [
         ("sensor_stats", "iot"),
         ("location_stats", "iot"),
+        ("device_health", "iot"),
         ("activity_stats", "activity"),
         ("sessions", "activity"),
     ],
@@ -84,12 +85,15 @@ def test_view_equals_pandas_ground_truth(spark, request, view, source):
     actual = spark_rows(spark, frame, view)
     assert_same(actual, truth, VIEWS[view].keys)
     if "window_start" in actual:  # aligned to UTC midnight: no window spans two days
-        last_instant = actual["window_start"] + pd.Timedelta(seconds=WINDOW_S - 1)
+        last_instant = actual["window_start"] + pd.Timedelta(seconds=VIEWS[view].window(PARAMETERS) - 1)
         assert (actual["window_start"].dt.floor("D") == last_instant.dt.floor("D")).all()
     if view == "activity_stats":
         assert set(actual["browser"]) == {"chrome", "firefox", "safari", "edge"}
     if view == "sessions":
         assert (actual["duration_s"] > 300).any() and (actual["purchases"] > 0).any()
+    if view == "device_health":  # hourly windows, some readings breaking a threshold, some not
+        assert (actual["window_start"].dt.minute == 0).all() and actual["alert_share"].between(0, 1).all()
+        assert actual["alert_share"].max() > 0 and actual["alert_share"].min() < 1
 
 
 @pytest.mark.parametrize("rank_every_row", [False, True], ids=["repeated-ids-only", "every-row"])
@@ -162,6 +166,23 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
     # gap: start+2gap-1us twice is a second session
     assert sessions["events"].tolist() == [3, 2]
     assert sessions["duration_s"].tolist() == [GAP_S, 0.0]
+
+
+def test_device_health_takes_the_last_reading_by_time_then_event_id(spark):
+    """Readings of one hour arriving in any order: the battery of the latest by ts wins, and of two readings
+    at the same instant the one with the greater event id, in the static view and in merged partials."""
+    start = datetime(2026, 11, 20, 7, 0, tzinfo=UTC)
+    times = [start + pd.Timedelta(minutes=m) for m in (50, 10, 50, 30)]
+    frame = pd.DataFrame({
+        "event_id": ["e-b", "e-z", "e-a", "e-c"], "ts": pd.to_datetime(times, utc=True), "sensor_id": "s1",
+        "location": "lab", "temperature": [31.0, 20.0, 20.0, 20.0], "humidity": 40.0, "pressure": 1000.0,
+        "battery": [50.0, 10.0, 60.0, 70.0],
+    })  # fmt: skip
+    [row] = (
+        SPARK_VIEWS["device_health"].build(spark.createDataFrame(frame), PARAMETERS).toPandas().itertuples()
+    )
+    assert (row.readings, row.battery_min, row.battery_last) == (4, 10.0, 50.0)
+    assert row.last_seen.tz_localize("UTC") == times[0] and row.alert_share == 0.5  # 31 °C, a battery of 10 %
 
 
 def test_view_columns_are_built_once_per_session_and_arguments(spark):

@@ -43,6 +43,7 @@ def fill_store(url: str) -> int:
     rows: dict[str, list[dict]] = {
         "sensor_stats": [],
         "location_stats": [],
+        "device_health": [],
         "activity_stats": [],
         "sessions": [],
     }
@@ -73,6 +74,18 @@ def fill_store(url: str) -> int:
                     "temperature_max": t + 1,
                 }
             )
+            if window.minute == 0:  # hourly
+                rows["device_health"].append(
+                    {
+                        "window_start": window,
+                        "sensor_id": f"s-{location}",
+                        "readings": 36,
+                        "battery_min": 80.0 - warmth,
+                        "battery_last": 81.0 - warmth,
+                        "last_seen": window + timedelta(minutes=59),
+                        "alert_share": warmth / 16,
+                    }
+                )
         for event_type, revenue in (("page_view", 0.0), ("purchase", 12.5 + k)):
             rows["activity_stats"].append(
                 {

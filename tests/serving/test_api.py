@@ -101,6 +101,41 @@ def test_unknown_ids_are_404_and_known_ids_without_data_are_empty(filled):
     assert client.get("/quality/").status_code == 404  # no Data Docs built yet
 
 
+def test_device_health_of_one_sensor_merges_both_layers_and_404s_an_unknown_one(filled):
+    """/sensors/<id>/health: batch hours before the horizon, speed hours from it, each point's source; a
+    sensor with no health row in either layer is a 404, as for its metrics."""
+    _, client, engine = filled
+    hour = datetime(NOW.year, NOW.month, NOW.day, NOW.hour)
+    health = {
+        "sensor_id": "s-1",
+        "readings": 12,
+        "battery_min": 40.0,
+        "battery_last": 41.5,
+        "alert_share": 0.25,
+    }
+    yesterday = TODAY - timedelta(hours=1)
+    last_seen = yesterday + timedelta(minutes=58)
+    store.publish_day(engine, yesterday.date(), {
+        "device_health": [{**health, "window_start": yesterday, "last_seen": last_seen}]
+    })  # fmt: skip
+    store.upsert(engine, store.SPEED_TABLES["device_health"], [{
+        **health, "window_start": hour, "last_seen": hour, "readings": 1, "alerting_readings": 0,
+        "last_event_id": "e1", "alert_share": 0.0, "updated_at": NOW,
+    }])  # fmt: skip
+    window = {"from": (TODAY - timedelta(days=1)).isoformat(), "to": (hour + timedelta(hours=1)).isoformat()}
+    body = client.get("/api/v1/sensors/s-1/health", query_string=window).get_json()
+    assert body["sensor_id"] == "s-1" and body["batch_as_of"] == TODAY.isoformat() + "Z"
+    assert [(p["window_start"], p["source"], p["readings"], p["alert_share"]) for p in body["points"]] == [
+        (yesterday.isoformat() + "Z", "batch", 12, 0.25),
+        (hour.isoformat() + "Z", "speed", 1, 0.0),
+    ]
+    assert set(body["points"][0]) == {
+        "window_start", "readings", "battery_min", "battery_last", "last_seen", "alert_share", "source"
+    }  # fmt: skip
+    response = client.get("/api/v1/sensors/nope/health")
+    assert response.status_code == 404 and "nope" in response.get_json()["error"]
+
+
 def test_times_without_a_zone_are_utc_and_zones_are_converted(filled):
     _, client, _ = filled
     window = NOW - timedelta(minutes=10)
@@ -246,6 +281,7 @@ def test_sensors_lists_both_layers_and_the_openapi_document_covers_every_endpoin
     assert {
         "/api/v1/sensors",
         "/api/v1/sensors/{sensor_id}/metrics",
+        "/api/v1/sensors/{sensor_id}/health",
         "/api/v1/locations/{location}/metrics",
         "/api/v1/activity",
         "/api/v1/sessions",

@@ -86,6 +86,33 @@ def test_window_partials_combine_sums_extremes_averages_and_distinct_counts():
     assert (hall["events"], hall["temperature_avg"], hall["sensors"]) == (1, 18.0, 1)
 
 
+def test_device_health_partials_keep_the_latest_reading_by_time_then_event_id():
+    """A stored partial (naive UTC, as the store gives it) against new ones (aware, from Spark): the newer
+    reading's battery wins, a tie in time goes to the greater event id, and the alert share is recomputed."""
+    increment, keys = VIEWS["device_health"].increment, VIEWS["device_health"].keys
+    late, early = T0 + timedelta(minutes=40), T0 + timedelta(minutes=5)
+    stored = [
+        {"window_start": T0.replace(tzinfo=None), "sensor_id": sensor, "readings": 3, "alerting_readings": 1,
+         "battery_min": 30.0, "battery_last": 35.0, "last_seen": late.replace(tzinfo=None),
+         "last_event_id": "e-m"}
+        for sensor in ("older", "tie", "newer")
+    ]  # fmt: skip
+    new = [
+        {"window_start": T0, "sensor_id": "older", "readings": 1, "alerting_readings": 1, "battery_min": 10.0,
+         "battery_last": 10.0, "last_seen": early, "last_event_id": "e-z"},
+        {"window_start": T0, "sensor_id": "tie", "readings": 1, "alerting_readings": 0, "battery_min": 50.0,
+         "battery_last": 50.0, "last_seen": late, "last_event_id": "e-n"},
+        {"window_start": T0, "sensor_id": "newer", "readings": 1, "alerting_readings": 0, "battery_min": 60.0,
+         "battery_last": 60.0, "last_seen": late + timedelta(seconds=1), "last_event_id": "e-a"},
+    ]  # fmt: skip
+    merged = {row["sensor_id"]: row for row in merge_windows(increment, keys, stored, new)}
+    assert [(row["battery_last"], row["last_event_id"]) for row in merged.values()] == [
+        (35.0, "e-m"), (50.0, "e-n"), (60.0, "e-a")
+    ]  # fmt: skip
+    assert merged["older"]["battery_min"] == 10.0 and merged["older"]["alert_share"] == 0.5
+    assert merged["newer"]["readings"] == 4 and merged["newer"]["alert_share"] == 0.25
+
+
 def test_sessions_replaced_under_a_new_start_leave_no_stale_rows_in_the_store(tmp_path):
     """The speed sink's merge and write on a real SQLite store: partials bridging two stored sessions make one
     row under the earliest start; the other stored rows of that id are gone, other ids untouched."""
