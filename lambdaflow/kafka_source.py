@@ -111,20 +111,18 @@ PAST_ANY_END = 2**62
 class EndOffsetProbe:
     """Finds each partition's high watermark from the answer to a Fetch at an offset past its end.
 
-    Tansu answers such a Fetch with no records and the high watermark, at a constant cost. Its ListOffsets
-    (only a lower bound there) and any Fetch below the end list every record batch the partition holds, which
-    memory storage never deletes: probing that way grew the broker's CPU fourfold in six minutes at 5,000
-    events/s. Apache Kafka answers OFFSET_OUT_OF_RANGE instead; the consumer then resets to
+    Tansu answers such a Fetch with no records and the high watermark, at a constant cost; its ListOffsets is
+    only a lower bound, and any Fetch below the end lists every record batch the partition holds, a cost that
+    grows with the topic. Apache Kafka answers OFFSET_OUT_OF_RANGE instead; the consumer then resets to
     ListOffsets(LATEST), exact there, and the Fetch at that offset gives the high watermark."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._consumer = KafkaConsumer(
-            **config,
+            **{**config, "max_partition_fetch_bytes": 1},  # only the Fetch answers' high watermarks are used
             enable_auto_commit=False,
             group_id=None,
             allow_auto_create_topics=False,  # asking about a topic must not create it (Tansu does anyway)
             auto_offset_reset="latest",  # taken only by a broker that refuses a Fetch past the end
-            max_partition_fetch_bytes=1,  # only the Fetch answers' high watermarks are used
             fetch_max_wait_ms=10,  # Tansu answers nothing to a Fetch with max wait 0
         )
         self._probes = 0
@@ -164,7 +162,7 @@ class EndOffsetProbe:
     def topic_ids(self, topics: list[str], wait_s: float = 0.0) -> dict[str, str]:
         """Each topic's id (a recreated topic gets a new one), where the broker gives ids. Asks for fresh
         metadata; waits up to `wait_s` for it, else the answer arrives in the background for the next call
-        (a metadata round trip each micro-batch would cost ~0.1 s of Tansu's request backoff)."""
+        (a metadata round trip each micro-batch would wait out Tansu's request backoff)."""
         cluster = self._consumer._client.cluster  # kafka-python keeps the ids only there
         deadline = time.monotonic() + wait_s
         # waiting, twice: an update already under way may have been asked for before the change
@@ -229,18 +227,16 @@ def read_ranges(
 ) -> Iterator[pa.RecordBatch]:
     """Read offsets [start, end) of each range (one per Kafka partition) as Arrow record batches.
 
-    All ranges are assigned at once, so one Fetch answers for every partition: reading them in turn waited a
-    Fetch round trip each, and Tansu holds a Fetch for its max wait (`fetch.wait.max.ms`) before answering —
-    a trickle over 4 partitions took ~220 ms a micro-batch to read, ~20 ms this way. Records are read with
-    librdkafka (confluent-kafka: ~4 µs a record here, where kafka-python's decoding in Python took ~13); the
-    driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`).
+    All ranges are assigned at once, so one Fetch answers for every partition: Tansu holds a Fetch for its
+    max wait (`fetch.wait.max.ms`), and reading the ranges in turn would wait that once per partition.
+    Records are read with librdkafka (confluent-kafka), several times faster than kafka-python's decoding in
+    Python; the driver's offset bookkeeping stays on kafka-python (`EndOffsetProbe`).
 
-    Each read has its own consumer, closed at its end: a consumer kept in the Python worker between reads
-    took ~57 ms for a read of 80 records where a new one took ~8 ms, creation and close included (Tansu
-    seems to hold an established fetch session's Fetch for its full max wait; ~11 % slower for 56,000
-    records), and librdkafka 2.16 crashed the worker in a kept consumer's background metadata refresh when
-    a topic it had read was deleted or recreated. A range whose first record comes after its start lost the
-    records before it (retention deleted them before they were read): see `failOnDataLoss`."""
+    Each read has its own consumer, closed at its end: Tansu holds an established fetch session's Fetch for
+    its full max wait, which made small reads slow on a kept consumer, and librdkafka crashed the worker in a
+    kept consumer's background metadata refresh after a topic it had read was deleted. A range whose first
+    record comes after its start lost the records before it (retention deleted them before they were read):
+    see `failOnDataLoss`."""
     consumer = Consumer(rdkafka_config(config))
     pending = {(part.topic, part.partition): part for part in ranges if part.end > part.start}
     position = {key: part.start for key, part in pending.items()}

@@ -143,9 +143,11 @@ def test_a_range_larger_than_one_fetch_answer_is_read_whole_and_in_order(setting
 
 def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were_batched(settings):
     """The probe's ends are exact: not the start of the last record batch + 1 (Tansu's ListOffsets), and
-    0 for a partition with no records."""
+    0 for a partition with no records. A fetch size set for the readers does not reach the probe's one-byte
+    fetches."""
     topic, bootstrap = settings.topic_iot, settings.kafka_bootstrap_servers
-    probe = EndOffsetProbe(client_config(source_options(settings)))
+    options = {**source_options(settings), "kafka.max.partition.fetch.bytes": str(1 << 20)}
+    probe = EndOffsetProbe(client_config(options))
     partitions = probe.partitions([topic])
     try:
         assert probe.end_offsets(partitions) == {tp: 0 for tp in partitions}
