@@ -101,7 +101,7 @@ def publish_batch_day(settings: Settings, day: date, force: bool = False) -> dat
         check_publishable(settings, day)
     views = {name: _rows(settings, name, day) for name in VIEWS}
     late = _rows(settings, LATE_EVENTS, day)
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     computed_for = datetime.combine(day, datetime.min.time())
     with engine.connect() as connection:
         newest = connection.execute(select(func.max(store.baselines.c.computed_for))).scalar()

@@ -25,7 +25,7 @@ LAST_DAY = date(2026, 11, 1)
 def fill_store(url: str) -> None:
     from lambdaflow import store
 
-    engine = store.connect(url)
+    engine = store.engine(url)
     for back in range(DAYS - 1, -1, -1):
         day = LAST_DAY - timedelta(days=back)
         start = datetime.combine(day, time())

@@ -166,7 +166,7 @@ class ProbeWatcher:
 
 
 def _queries_reporting(store_url: str) -> int:
-    engine = store.connect(store_url, create=False)
+    engine = store.engine(store_url, upgrade=False)
     try:
         with engine.connect() as connection:
             return len(connection.execute(select(store.stream_progress.c.query)).all())
@@ -180,7 +180,7 @@ def _warm(store_url: str, data_dir: Path) -> bool:
     """Every query has processed data: rows in each query's view (FRESHNESS_VIEWS) and events archived."""
     if not IOT_ONLY and not archiver_status_path(data_dir).exists():
         return False
-    engine = store.connect(store_url, create=False)
+    engine = store.engine(store_url, upgrade=False)
     try:
         with engine.connect() as connection:
             return all(

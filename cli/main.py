@@ -40,6 +40,8 @@ def _configure_logging(verbose: bool) -> None:
     for noisy in ("kafka", "py4j", "pyspark"):
         # kafka-python logs every refused connection at ERROR; commands report failures in one line instead
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
+    # Alembic logs its plugins as it is imported (store migrations); lambdaflow.migrations says what changed
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -488,7 +490,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = _settings(serve_host=host, serve_port=port)
     try:
-        store.connect(settings.resolved_store_url).dispose()
+        store.engine(settings.resolved_store_url).dispose()
     except SQLAlchemyError as exc:
         _fail(f"the serving store is unreachable (LAMBDAFLOW_STORE_URL): {str(exc).splitlines()[0]}")
     check_port_free(settings.serve_host, settings.serve_port, hint="set --port or LAMBDAFLOW_SERVE_PORT")
@@ -546,6 +548,29 @@ def reset(yes: bool) -> None:
     except ResetRefused as exc:
         _fail(f"not reset: {exc}")
     click.echo(f"reset {settings.data_dir.resolve()}: removed {', '.join(p.name for p in removed)}", err=True)
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The serving store's schema (LAMBDAFLOW_STORE_URL); every process also upgrades it as it starts."""
+
+
+@store_group.command("upgrade")
+def store_upgrade() -> None:
+    """Upgrade the store to the newest revision and the view tables to the view definitions."""
+    from lambdaflow import migrations, store
+
+    engine = store.engine(_settings().resolved_store_url)
+    click.echo(f"store at revision {migrations.current(engine)}")
+
+
+@store_group.command("current")
+def store_current() -> None:
+    """Print the store's revision (none: never migrated) and the newest one."""
+    from lambdaflow import migrations, store
+
+    engine = store.engine(_settings().resolved_store_url, upgrade=False)
+    click.echo(f"store at revision {migrations.current(engine) or 'none'}, newest {migrations.head()}")
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ def run_gate(settings: Settings, suite: str, day: date, frame: pd.DataFrame,
         page, docs = Path(urls[0]["site_url"].removeprefix("file://")), data_docs_dir(settings)
         link = str(page.relative_to(docs)) if page.is_relative_to(docs) else str(page)
     gate = GateResult(suite, day, not any(f["critical"] for f in failed), statistics, failed, link)
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     store.upsert(engine, store.quality_runs, [{
         "day": day, "suite": suite, "success": gate.success, "statistics": json.dumps(statistics),
         "failed": json.dumps(failed, default=str), "link": link, "run_at": datetime.now(UTC),
@@ -194,7 +194,7 @@ def reconciliation_frame(settings: Settings, day: date) -> pd.DataFrame:
     """The windows of day D that both layers have, per view, with both counts and whether they differ."""
     from sqlalchemy import select
 
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     start = datetime.combine(day, datetime.min.time())
     frames = []
     for name in RECONCILED_VIEWS:

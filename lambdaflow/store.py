@@ -10,6 +10,8 @@ replace whole days, so writing the same micro-batch or day twice leaves the stor
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
@@ -33,13 +35,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
+from lambdaflow import migrations
 from lambdaflow.views import VIEWS, Field
 from lambdaflow.views.model import BYTES, FLOAT, INTEGER, TEXT, TIME
 
@@ -191,39 +191,43 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def connect(url: str, create: bool = True) -> Engine:
-    """An engine for the store; with `create`, the tables are created when missing."""
-    engine = create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        if engine.url.database and engine.url.database != ":memory:":
-            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-        event.listen(engine, "connect", _sqlite_pragmas)
-    if create:
-        _create_tables(engine)
-    return engine
+_engines: dict[str, Engine] = {}
+_engines_pid = os.getpid()
+_upgraded: set[str] = set()
+_engines_lock = threading.Lock()
 
 
-@retry(retry=retry_if_exception_type(DBAPIError), stop=stop_after_attempt(4), wait=wait_random(0.05, 0.5),
-       reraise=True)  # fmt: skip
-def _create_tables(engine: Engine) -> None:
-    """Create missing tables and columns. Processes starting together race on PostgreSQL (the loser of a
-    concurrent CREATE TABLE gets a duplicate-key error) and on a column added to an existing table (a
-    duplicate column); a retry then finds them there."""
-    metadata.create_all(engine)
-    _add_missing_columns(engine, stream_progress)
+def engine(url: str, upgrade: bool = True) -> Engine:
+    """The process's one engine for the store at `url`. With `upgrade`, the first call migrates the store to
+    the current schema (lambdaflow.migrations). A forked child gets engines of its own: a pool's connections
+    must not be shared across processes."""
+    global _engines_pid
+    with _engines_lock:
+        if _engines_pid != os.getpid():
+            for inherited in _engines.values():
+                inherited.dispose(close=False)  # the parent's connections stay the parent's to close
+            _engines.clear()  # the store the parent upgraded needs no second upgrade
+            _engines_pid = os.getpid()
+        if url not in _engines:
+            _engines[url] = _new_engine(url)
+        if upgrade and url not in _upgraded:
+            migrations.upgrade(_engines[url], metadata, view_table_names())
+            _upgraded.add(url)
+        return _engines[url]
 
 
-def _add_missing_columns(engine: Engine, table: Table) -> None:
-    """Add the columns a store created by an earlier version lacks (nullable ones: ALTER TABLE ADD COLUMN
-    needs no default for them on SQLite or PostgreSQL)."""
-    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
-    missing = [column for column in table.columns if column.name not in present]
-    if not missing:
-        return
-    with engine.begin() as connection:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+def _new_engine(url: str) -> Engine:
+    created = create_engine(url, pool_pre_ping=True)
+    if created.dialect.name == "sqlite":
+        if created.url.database and created.url.database != ":memory:":
+            Path(created.url.database).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(created, "connect", _sqlite_pragmas)
+    return created
+
+
+def view_table_names() -> set[str]:
+    """The tables derived from the view definitions (created and extended by the migrations' sync)."""
+    return {table.name for table in (*SPEED_TABLES.values(), *BATCH_TABLES.values())}
 
 
 def utc_naive(moment: datetime | None) -> datetime | None:

@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     )
     app.config.update(config)
     app.extensions["lambdaflow.settings"] = settings
-    app.extensions["lambdaflow.store"] = store.connect(settings.resolved_store_url)
+    app.extensions["lambdaflow.store"] = store.engine(settings.resolved_store_url)
     app.extensions["lambdaflow.answers"] = AnswerCache(settings.serve_cache_seconds)
 
     smorest = DocumentedApi(app)

@@ -119,7 +119,7 @@ class SpeedSink:
         started = time.monotonic()
         views = [part for part in self.parts if part in VIEWS]
         thresholds = Thresholds.from_settings(self.settings)
-        engine = _engine(self.settings.resolved_store_url)
+        engine = store.engine(self.settings.resolved_store_url)
         with engine.connect() as connection:
             baselines = _baselines(connection) if ALERTS in self.parts else {}
         batch.persist()
@@ -179,15 +179,6 @@ class SpeedSink:
             metadata = (self.checkpoint / "metadata").read_text().splitlines()[0]
             self._checkpoint_id = json.loads(metadata)["id"]
         return self._checkpoint_id
-
-
-_ENGINES: dict[str, Any] = {}
-
-
-def _engine(url: str) -> Any:
-    if url not in _ENGINES:
-        _ENGINES[url] = store.connect(url)
-    return _ENGINES[url]
 
 
 _IN_CHUNK = 500  # keys per IN list
@@ -492,11 +483,11 @@ class ProgressRecorder(StreamingQueryListener):
             "updated_at": now,
         }
         self.rows[name] = row  # counted from here on even if the store refuses this write
-        store.upsert(_engine(self.store_url), store.stream_progress, [row])
+        store.upsert(store.engine(self.store_url), store.stream_progress, [row])
 
     def _stored(self, name: str) -> dict[str, Any] | None:
         table = store.stream_progress
-        with _engine(self.store_url).connect() as connection:
+        with store.engine(self.store_url).connect() as connection:
             row = connection.execute(table.select().where(table.c.query == name)).mappings().first()
         if row is None:
             return None

@@ -75,7 +75,7 @@ def write_views(settings: Settings, day: date, sensor_rows: list[dict] | None = 
 
 def speed_windows(settings: Settings, since: datetime, hours: int) -> int:
     """One speed sensor_stats window an hour from `since`; the number written."""
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     base = since.replace(minute=0, second=0, microsecond=0)
     rows = [{"window_start": base + timedelta(hours=n), "sensor_id": "s-1", "location": "x", "events": 1,
              "updated_at": NOW} for n in range(hours)]  # fmt: skip
@@ -85,7 +85,7 @@ def speed_windows(settings: Settings, since: datetime, hours: int) -> int:
 
 
 def speed_count(settings: Settings) -> int:
-    engine = store.connect(settings.resolved_store_url, create=False)
+    engine = store.engine(settings.resolved_store_url, upgrade=False)
     with engine.connect() as connection:
         count = connection.execute(
             select(func.count()).select_from(store.SPEED_TABLES["sensor_stats"])
@@ -195,7 +195,7 @@ def test_a_complete_day_with_raw_events_publishes(live):
     write_views(live, PAST, [row])
     speed = speed_count(live)
     assert publish_batch_day(live, PAST) == end
-    engine = store.connect(live.resolved_store_url)
+    engine = store.engine(live.resolved_store_url)
     assert all(store.horizon_of(engine, name) == end for name in VIEWS)
     table = store.SPEED_TABLES["sensor_stats"]
     with engine.connect() as connection:
@@ -210,7 +210,7 @@ def test_a_complete_day_with_raw_events_publishes(live):
 def test_force_publishes_an_empty_day(live):
     end = datetime.combine(EMPTY + timedelta(days=1), time())
     assert publish_batch_day(live, EMPTY, force=True) == end
-    engine = store.connect(live.resolved_store_url)
+    engine = store.engine(live.resolved_store_url)
     assert store.horizon_of(engine, "sensor_stats") == end
     table = store.SPEED_TABLES["sensor_stats"]
     with engine.connect() as connection:

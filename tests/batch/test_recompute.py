@@ -91,7 +91,7 @@ def test_recomputed_day_equals_ground_truth_and_publishing_is_idempotent(spark, 
     late_counts = {c: int(late(e).sum()) for c, e in events.items()}
     assert late_counts["iot_sensors"] > 0, "no late event in the sample: the late_events check proves nothing"
 
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     before = datetime.combine(day, datetime.min.time())
     after = before + timedelta(days=1)
     speed_row = {"sensor_id": "s-old", "location": "x", "events": 1, "updated_at": datetime.now(UTC)}

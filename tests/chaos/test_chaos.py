@@ -110,7 +110,7 @@ class Chaos:
         self.summary["serving kills survived"] += 1
 
     def speed_has_seen_events(self) -> bool:
-        engine = store.connect(self.settings.resolved_store_url, create=False)
+        engine = store.engine(self.settings.resolved_store_url, upgrade=False)
         try:
             with engine.connect() as connection:
                 rows = connection.execute(select(store.stream_progress)).mappings().all()
@@ -203,7 +203,7 @@ def test_chaos_loses_and_doubles_nothing(chaos, spark):
         ("battery_low", e) for e in readings.loc[readings.battery < 20, "event_id"]
     }
     assert expected, "no alert in the simulated readings: the check below would prove nothing"
-    with store.connect(settings.resolved_store_url).connect() as connection:
+    with store.engine(settings.resolved_store_url).connect() as connection:
         rows = connection.execute(select(store.alerts)).mappings().all()
     iot = frames["iot_sensors"]
     unsettled = set(iot.loc[iot["ts"].dt.floor("300s").isin(uncertain["iot_sensors"]), "event_id"])
@@ -212,7 +212,7 @@ def test_chaos_loses_and_doubles_nothing(chaos, spark):
     stored = [alert for alert in stored if alert[1] not in unsettled]
     assert len(stored) == len(set(stored)) and set(stored) == expected
 
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     days = sorted({day for frame in frames.values() for day in frame["ts"].dt.date})
     for day in days:
         recompute_day(spark, settings, day)

@@ -154,7 +154,7 @@ def airflow_answers(port: int) -> None:
 
 def speed_progress(data_dir) -> dict[str, dict]:
     """Each speed query's progress row in the store, once the stream has created its tables."""
-    engine = store.connect(f"sqlite:///{data_dir / 'serving.db'}", create=False)
+    engine = store.engine(f"sqlite:///{data_dir / 'serving.db'}", upgrade=False)
     try:
         with engine.connect() as connection:
             rows = connection.execute(select(store.stream_progress)).mappings().all()

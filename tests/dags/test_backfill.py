@@ -64,7 +64,7 @@ def test_backfill_of_three_days_publishes_them_and_a_rerun_is_idempotent(spark, 
         (day, "success") for day in days
     ]
 
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     frames = {
         "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors", EVENTS),
         "user_activity": topic_events(settings, settings.topic_activity, "user_activity", EVENTS),

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 def quality_rows(settings) -> dict[str, dict]:
-    with store.connect(settings.resolved_store_url).connect() as connection:
+    with store.engine(settings.resolved_store_url).connect() as connection:
         rows = connection.execute(select(store.quality_runs)).mappings().all()
     return {row["suite"]: dict(row) for row in rows}
 

@@ -5,7 +5,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from lambdaflow.store import SPEED_TABLES, alerts, connect, insert_new, metadata, quality_runs, upsert
+from lambdaflow import store
+from lambdaflow.store import SPEED_TABLES, alerts, insert_new, metadata, quality_runs, upsert
 
 WINDOW = datetime(2026, 11, 22, 12, 5, tzinfo=UTC)
 
@@ -14,9 +15,9 @@ WINDOW = datetime(2026, 11, 22, 12, 5, tzinfo=UTC)
 def engine(request, tmp_path):
     """The store on SQLite and on a throwaway PostgreSQL, emptied for each test."""
     if request.param == "sqlite":
-        yield connect(f"sqlite:///{tmp_path / 'serving.db'}")
+        yield store.engine(f"sqlite:///{tmp_path / 'serving.db'}")
         return
-    engine = connect(request.getfixturevalue("postgres_url"))
+    engine = store.engine(request.getfixturevalue("postgres_url"))
     metadata.drop_all(engine)
     metadata.create_all(engine)
     yield engine
@@ -73,8 +74,8 @@ def test_sqlite_rows_are_stored_as_sqlalchemy_itself_stores_them(tmp_path):
              "created_at": datetime(2026, 11, 22, 12, 5)}  # fmt: skip
     run = {"day": date(2026, 11, 22), "suite": "iot", "success": True, "statistics": "{}", "failed": "[]",
            "link": None, "run_at": WINDOW.astimezone(timezone(timedelta(hours=2)))}  # fmt: skip
-    ours = connect(f"sqlite:///{tmp_path / 'ours.db'}")
-    theirs = connect(f"sqlite:///{tmp_path / 'theirs.db'}")
+    ours = store.engine(f"sqlite:///{tmp_path / 'ours.db'}")
+    theirs = store.engine(f"sqlite:///{tmp_path / 'theirs.db'}")
     for table, values in ((SPEED_TABLES["location_stats"], location), (alerts, alert), (quality_runs, run)):
         insert_new(ours, table, [values])
         naive = {k: v.astimezone(UTC).replace(tzinfo=None) if getattr(v, "tzinfo", None) else v

@@ -35,7 +35,7 @@ def make_client(tmp_path):
 def fill_store(url: str) -> int:
     """Windows of the last 23 hours: yesterday's published by batch, today's in the speed tables, sessions
     in both layers; some alerts, a quality run and the stream's progress. Returns the number of windows."""
-    engine = store.connect(url)
+    engine = store.engine(url)
     now = datetime.now(UTC).replace(tzinfo=None)
     today = datetime(now.year, now.month, now.day)
     newest = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0)

@@ -104,7 +104,7 @@ def test_batch_before_the_horizon_speed_after_then_batch_for_both(spark, setting
         "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors", COUNT),
         "user_activity": topic_events(settings, settings.topic_activity, "user_activity", COUNT),
     }
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     client = create_app(settings).test_client()
     start, middle, end = midnight(day), midnight(next_day), midnight(next_day + timedelta(days=1))
 

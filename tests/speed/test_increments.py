@@ -117,7 +117,7 @@ def test_sessions_replaced_under_a_new_start_leave_no_stale_rows_in_the_store(tm
     """The speed sink's merge and write on a real SQLite store: partials bridging two stored sessions make one
     row under the earliest start; the other stored rows of that id are gone, other ids untouched."""
     settings = load_settings(data_dir=tmp_path, session_gap_seconds=GAP_S)
-    engine = store.connect(settings.resolved_store_url, create=True)
+    engine = store.engine(settings.resolved_store_url)
     sessions = store.SPEED_TABLES["sessions"]
 
     def write(partials: list[dict]) -> None:

@@ -66,7 +66,7 @@ def url(tmp_path):
 
 
 def stored(url: str) -> dict:
-    with store.connect(url).connect() as connection:
+    with store.engine(url).connect() as connection:
         return dict(connection.execute(select(store.stream_progress)).mappings().one())
 
 

@@ -29,7 +29,7 @@ def reading(sensor: str, ts: datetime, temperature: float = 21.0, battery: float
 
 def test_alert_rules_fire_once_each_through_the_stream(spark, settings, tmp_path):
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     baseline = {"sensor_id": "sensor-b", "hour_of_day": ts.hour, "temperature_mean": 20.0,
                 "temperature_std": 1.0, "samples": 500, "computed_for": ts}  # fmt: skip
     store.upsert(engine, store.baselines, [baseline])

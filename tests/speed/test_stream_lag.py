@@ -26,7 +26,7 @@ RECORDS = 400
 
 
 def progress(settings) -> dict | None:
-    engine = store.connect(settings.resolved_store_url, create=False)  # the app creates the tables
+    engine = store.engine(settings.resolved_store_url, upgrade=False)  # the app creates the tables
     try:
         table = store.stream_progress
         with engine.connect() as connection:

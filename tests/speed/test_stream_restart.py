@@ -28,7 +28,7 @@ FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"
 
 def batches_done(settings) -> int:
     """The last batch of the IoT speed query; read-only, so it never races the app's table creation."""
-    engine = store.connect(settings.resolved_store_url, create=False)
+    engine = store.engine(settings.resolved_store_url, upgrade=False)
     table = store.stream_progress
     try:
         with engine.connect() as connection:
@@ -84,7 +84,7 @@ def test_kill_9_mid_stream_then_restart(make_settings, store_url):
         ("battery_low", e) for e in readings.loc[readings.battery < 20, "event_id"]
     }
     assert expected, "the simulated readings raised no alert: the check below would prove nothing"
-    with store.connect(settings.resolved_store_url).connect() as connection:
+    with store.engine(settings.resolved_store_url).connect() as connection:
         rows = connection.execute(select(store.alerts)).mappings().all()
     assert {(row["rule"], json.loads(row["event"])["event_id"]) for row in rows} == expected
     published = consume_all(settings.kafka_bootstrap_servers, settings.topic_alerts, len(expected))

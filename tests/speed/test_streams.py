@@ -40,7 +40,7 @@ def wait_for_progress(settings, query: str, timeout_s: float = 10.0) -> dict:
     """The query's stream_progress row (listener events arrive asynchronously, after the query ends)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with store.connect(settings.resolved_store_url).connect() as connection:
+        with store.engine(settings.resolved_store_url).connect() as connection:
             table = store.stream_progress
             row = connection.execute(select(table).where(table.c.query == query)).mappings().first()
         if (row is not None and row["max_event_ts"] is not None) or time.monotonic() > deadline:
@@ -63,7 +63,7 @@ def topic_frame(settings, topic: str, contract: str, count: int) -> pd.DataFrame
 
 def store_frame(settings, view: str) -> pd.DataFrame:
     table = store.SPEED_TABLES[view]
-    with store.connect(settings.resolved_store_url).connect() as connection:
+    with store.engine(settings.resolved_store_url).connect() as connection:
         frame = pd.DataFrame(connection.execute(select(table)).mappings().all())
     for column in frame.columns:
         if pd.api.types.is_datetime64_any_dtype(frame[column]):
