@@ -3,7 +3,7 @@
 Freshness: the whole streaming application (`lambdaflow stream`: archiver, views, alerts) runs against demo
 producers at 5,000 events/s (`BENCH_FRESHNESS_RATE` to try another rate), started once every query has run
 its first micro-batch with data (a burst of a few thousand events pays the one-off cold start: Python
-workers, JIT, code generation, ~20-35 s here); beside them the benchmark sends one probe reading every 100 ms,
+workers, JIT, code generation); beside them the benchmark sends one probe reading every 100 ms,
 each from a new sensor id, and polls `speed_sensor_stats` for it. A probe's freshness is the time from just
 before its send to the first poll that sees its row. `BENCH_FRESHNESS_IOT_ONLY=1` measures the same with the
 IoT query alone (`stream --only` its views and alerts: no archiver, no activity query) and only the IoT
@@ -121,8 +121,8 @@ def _probe(sensor_id: str) -> bytes:
 class ProbeWatcher:
     """Polls the store for the rows of the probes it expects and notes when each was first seen. It asks only
     for the probes not seen yet (by the view's sensor index), over one plain sqlite3 connection in autocommit
-    (each poll its own read, so it never holds the WAL back): through SQLAlchemy's pool (a ping per checkout)
-    and statement building, the 50 polls a second took ~6 CPU-seconds a minute of the app's 2 cores."""
+    (each poll its own read, so it never holds the WAL back): SQLAlchemy's pool (a ping per checkout) and
+    statement building would take CPU from the 2 cores the measured app runs on."""
 
     def __init__(self, database: Path, interval_s: float = 0.02) -> None:
         self.database, self.interval_s, self.seen = database, interval_s, {}
@@ -213,7 +213,7 @@ def _freshness_run(broker: EmbeddedBroker, work: Path, run: int, logs: Path) -> 
         producers = [lambdaflow(["produce", kind, "--rate", str(rate), "--duration", duration], env,
                                 log=logs / f"freshness-{run + 1}-produce-{kind}.log")
                      for kind, rate in FRESHNESS_RATES.items()]  # fmt: skip
-        # librdkafka: kafka-python's sender thread polled its selector at ~2 CPU-seconds a minute
+        # librdkafka: kafka-python's sender thread keeps polling its selector, on the app's cores
         sender = Producer({**KafkaConnection(broker.bootstrap_servers).rdkafka(), "acks": 1, "linger.ms": 0})
         sent: dict[str, float] = {}
         with ProbeWatcher(data_dir / "serving.db") as watcher:

@@ -27,11 +27,9 @@ from lambdaflow.kafka import CONNECT_TIMEOUT_MS, KafkaConnection
 
 PROGRESS_INTERVAL_S = 1.0
 # A paced producer sleeps only once it is this far ahead of its rate, so it sends in bursts of at most this
-# long: sleeping before every record cost 2.5x the CPU of sending (60k records at 3,000/s: 10.3 CPU-s, 4.9
-# with 50 ms bursts, 4.0 unpaced), CPU that the streaming app beside it on the same cores needs. A burst is
-# one produce request, one record batch a partition: the embedded broker's memory storage lists every batch
-# it holds on each Fetch, so 200 ms bursts (a quarter of the batches of 50 ms ones) keep its CPU at 5,000
-# events/s from growing ~4x as fast, and the producers use ~7 CPU-s a minute instead of ~11.
+# long: sleeping before every record costs more CPU than sending, CPU that the streaming app beside it on the
+# same cores needs. A burst is one produce request, one record batch a partition: the embedded broker's memory
+# storage lists every batch it holds on each Fetch, so fewer, longer bursts slow the growth of its CPU.
 PACING_SLICE_S = 0.2
 
 
@@ -39,7 +37,7 @@ class KeyPartitioner:
     """Kafka's default placement of keyed records (murmur2 of the key), memoised per key.
 
     Deciding the partition here skips kafka-python's per-record partitioner call; with a few thousand
-    distinct keys (sensors, sessions) this alone lifts one producer from ~32k to ~43k records/s.
+    distinct keys (sensors, sessions), nearly every record's partition is a dict lookup.
     """
 
     def __init__(self, producer: KafkaProducer, topic: str, max_keys: int = 1_000_000) -> None:
@@ -72,10 +70,9 @@ FAST_PATH_MAX_BYTES = 512 * 1024  # larger records take the public send(), which
 class RecordSender:
     """Sends (key, value) records to one topic with kafka-python as fast as one process can.
 
-    `KafkaProducer.send` spends ~8 µs per record re-validating arguments that are already bytes; on the
-    pinned kafka-python, records go straight to the producer's accumulator, which is what `send` does after
-    those checks (about 67k records/s against 43k through `send`). Any other kafka-python version, a
-    transactional producer or a large record uses the public `send`.
+    `KafkaProducer.send` re-validates, for every record, arguments that are already bytes; on the pinned
+    kafka-python, records go straight to the producer's accumulator, which is what `send` does after those
+    checks. Any other kafka-python version, a transactional producer or a large record uses the public `send`.
     """
 
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
@@ -170,7 +167,7 @@ def send_records(
     sent = 0
     send = RecordSender(producer, topic).send
     thresholds = gc.get_threshold()
-    gc.set_threshold(200_000, *thresholds[1:])  # fewer young-generation sweeps: +5–10 % records/s
+    gc.set_threshold(200_000, *thresholds[1:])  # fewer young-generation sweeps over the records in flight
     try:
         # islice stops before pulling record count+1: a generator counting what it yields (the fault
         # injector) must never count a record that is not sent

@@ -44,7 +44,7 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 
 def _canonical_uuid(value: str) -> str:
-    if _CANONICAL_UUID.fullmatch(value):  # what producers send: skip the parse (a third of the validation)
+    if _CANONICAL_UUID.fullmatch(value):  # what producers send: a match is cheaper than building a UUID
         return value
     try:
         return str(uuid.UUID(value))
@@ -52,8 +52,8 @@ def _canonical_uuid(value: str) -> str:
         raise ValueError("not a UUID") from None
 
 
-# A JSON number: the models are strict, so pydantic's own float check (no Python call per field, which cost
-# ~1.5 us a record) refuses "21.5" (a string) and true; `_reason` words its error as the contract does.
+# A JSON number: the models are strict, so pydantic's own float check (no Python call per field) refuses
+# "21.5" (a string) and true; `_reason` words its error as the contract does.
 Number = float
 EventId = Annotated[str, AfterValidator(_canonical_uuid)]
 Timestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]

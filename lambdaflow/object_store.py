@@ -40,7 +40,7 @@ from lambdaflow.broker_processes import BrokerError, dies_with_parent, free_port
 
 HOST = "127.0.0.1"  # whatever address Kafka listens on, its storage is for this machine's processes only
 REGION = "us-east-1"
-# weed's graceful stop waits ~15 s for the filer's gRPC streams to end; a SIGKILL then loses no acknowledged
+# weed's graceful stop waits long for the filer's gRPC streams to end; a SIGKILL then loses no acknowledged
 # write (tested with kill -9 at every stage), and a restart waits for the exit (same directory)
 STOP_GRACE_S = 3.0
 LOCK_WAIT_S = 10.0
@@ -158,7 +158,7 @@ class SeaweedS3:
             f"-s3.localSocket={sockets / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",  # else it reports usage to a server on the internet
             "-master.resumeState=false",
-            "-master.electionTimeout=1s",  # one master: ready in ~3 s instead of 12-20
+            "-master.electionTimeout=1s",  # one master, nothing to elect: the default only delays readiness
             "-master.volumeSizeLimitMB=64",  # not 30 GiB volumes
             "-volume.max=0", "-volume.preStopSeconds=0",
         ]  # fmt: skip

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     # stateful streaming queries: one state partition each keeps a trickle's micro-batch to a few tasks;
     # fixed in a query's checkpoint when it first starts
     stream_shuffle_partitions: int = Field(1, ge=1)
-    # the streaming application's JVM heap: its state is small, and 2g of heap made the JVM exceed 2 GiB
+    # the streaming application's JVM heap: its state is off the heap (RocksDB), and a smaller heap keeps
+    # the whole JVM, native memory included, within its 2 GiB budget
     stream_driver_memory: str = Field("1536m", pattern=r"^\d+[kmgt]$")
 
     window_seconds: int = Field(300, ge=1, le=86_400)
@@ -97,8 +98,8 @@ class Settings(BaseSettings):
 
     trigger_seconds: float = Field(1.0, ge=0)  # the speed queries: their views' freshness
     # The archiver's lake is read by the daily batch, not for freshness: fewer, larger micro-batches cost
-    # less per event (~0.6 s of jobs each, however small, which the speed queries' micro-batches wait for on 2
-    # cores) and write fewer, larger Parquet files.
+    # less per event (each runs a fixed set of Spark jobs, however small, which the speed queries'
+    # micro-batches wait for on 2 cores) and write fewer, larger Parquet files.
     archive_trigger_seconds: float = Field(10.0, ge=0)
     max_records_per_trigger: int = Field(1_000_000, ge=1)
 

@@ -155,19 +155,14 @@ FILE_SYSTEM_CHECKPOINTS = (
     "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
 )
 
-# Batch jobs want throughput: the parallel collector recomputed the 10M-event bench day 7–13 s faster than
-# the JVM's default G1 in paired runs (e.g. 91 s vs 105 s). On 2 cores the JIT compilers took ~80 of the
-# ~200 CPU-seconds of that recompute; compiling only methods 3x hotter than by default cut it to ~55 and the
-# recompute by ~7 s (paired runs: 93.7 vs 86.4 s, 86.8 vs 79.8 s).
-# The streaming app keeps G1 for shorter pauses and compiles with C1 only: at 5,000 events/s its C2 compiler
-# threads never caught up (0.4–0.6 of the 2 cores minutes into the run, ~12,800 compilations in 30 s, most of
-# them interim profiled tiers); with C1 alone they take 0.05. Its micro-batches got faster (IoT median 2.65
-# and 2.19 s → 1.76 and 1.95 s, two paired runs) and draining a backlog stayed at ~30k events/s. C1's code
-# heap is 48 MiB by default; the app's code grew to 54 MiB in 5 minutes, then levelled off: it gets C2's 240M.
-# Its threads get 16 MiB stacks (reserved, used only if needed): stopping a query interrupts its foreachBatch,
-# and Spark tells that from a failure with a backtracking regex over the Python error's text
-# (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the query's thread with a
-# StackOverflowError instead of stopping it.
+# The parallel collector: batch jobs want throughput; G1's shorter pauses matter only to the streaming app.
+# On 2 cores the JIT compilers take much of a batch job's CPU, so batch JVMs compile only methods 3x hotter.
+# The streaming app compiles with C1 only: its C2 compiler threads never caught up with the code its queries
+# keep generating, and took the cores its micro-batches wait for. Its code outgrows C1's default code cache,
+# so it gets C2's size. Its threads get 16 MiB stacks (reserved, used only if needed): stopping a query
+# interrupts its foreachBatch, and Spark tells that from a failure with a backtracking regex over the Python
+# error's text (StreamExecution.PROXY_ERROR), which overflowed the default 1 MiB and killed the query's thread
+# with a StackOverflowError instead of stopping it.
 THROUGHPUT_JVM = "-XX:+UseParallelGC -XX:CompileThresholdScaling=3"
 LOW_PAUSE_JVM = "-XX:+UseG1GC -Xss16m -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
@@ -181,9 +176,10 @@ def spark_session(
     class_sharing: str | None = None,
     config: Mapping[str, str] | None = None,
 ) -> SparkSession:
-    """A local (or `spark_master`) session; `kafka_source` registers the Kafka data source (~2 s that a
-    batch job, which reads only the lake, does not spend). `class_sharing` is the driver's class-data-sharing
-    options: by default it maps the archive that `make venv` writes (see `lambdaflow.spark_classes`).
+    """A local (or `spark_master`) session; `kafka_source` registers the Kafka data source (start-up time
+    that a batch job, which reads only the lake, need not spend). `class_sharing` is the driver's
+    class-data-sharing options: by default it maps the archive that `make venv` writes (see
+    `lambdaflow.spark_classes`).
     `config`: more Spark settings, over these."""
     prepare_environment()
     derby_home = f"-Dderby.system.home={settings.data_dir.resolve()}"
@@ -199,34 +195,32 @@ def spark_session(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
-        # Coalescing a few large shuffle partitions into fewer made big aggregations (millions of keys) spill
-        # and fall back to sorting: activity_stats of the 10M-event bench day took 13-22 s instead of 8-10.
+        # Coalescing a few large shuffle partitions into fewer makes big aggregations (millions of keys) run
+        # out of memory, spill and fall back to sorting.
         .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # lower() by the JVM's case mapping, not ICU's, which built a word-break iterator for every string
-        # (~8 % of the streaming JVM's CPU); the same for ASCII, and both layers clean with the same one
+        # lower() by the JVM's case mapping, not ICU's, which builds a word-break iterator for every string;
+        # the same for ASCII, and both layers clean with the same one
         .config("spark.sql.icu.caseMappings.enabled", "false")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # not INT96: readable by pyarrow
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         # Streaming checkpoints (offsets and commits logs, state store files) are local. Spark's default
         # writer renames through Hadoop's FileContext, whose local file system, without Hadoop's native
-        # library, checks every rename for symlinks by running `readlink` in a child process of the JVM (44 of
-        # the 58 processes the streaming JVM spawned in 8 s of micro-batches); the FileSystem-based writer
-        # renames with java.io. A micro-batch's WAL and commit steps took ~12 ms each instead of ~45.
+        # library, checks every rename for symlinks by running `readlink` in a child process of the JVM; the
+        # FileSystem-based writer renames with java.io.
         .config("spark.sql.streaming.checkpointFileManagerClass", FILE_SYSTEM_CHECKPOINTS)
         .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"{derby_home} {jvm_tuning} {class_sharing}".strip())
         .config("spark.jars", str(spark_jar()))  # lambdaflow's own Spark classes: the stream's dedupe
-        # Streaming state (the dedupe's event ids, a watermark's worth: ~3M at 5,000 events/s) is off the JVM
-        # heap in RocksDB, which the dedupe's transformWithState requires. Spark's default store kept every id
-        # on the heap, and the JVM collapsed in garbage collection after 8-9 minutes at 5,000 events/s (two
-        # runs). RocksDB checkpoints a micro-batch's changes and snapshots the whole state in the background.
+        # Streaming state (the dedupe's event ids, a watermark's worth: millions) is off the JVM heap in
+        # RocksDB, which the dedupe's transformWithState requires. Spark's default store keeps every id on the
+        # heap, where a sustained load drove the JVM into back-to-back garbage collection. RocksDB checkpoints
+        # a micro-batch's changes and snapshots the whole state in the background.
         .config("spark.sql.streaming.stateStore.providerClass", ROCKSDB_STATE_STORE)
         .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
-        # Counting the state's rows costs a read before every write (one per new event id in the dedupe; three
-        # while it kept a timer and a value per id). Draining 100k-event micro-batches went from 27,800 to
-        # ~32,000 events/s without it; the progress then reports no state row count.
+        # Counting the state's rows costs a read before every write (one per new event id in the dedupe), so
+        # it is off; the progress then reports no state row count.
         .config("spark.sql.streaming.stateStore.rocksdb.trackTotalNumberOfRows", "false")
     )
     for key, value in (config or {}).items():
@@ -248,16 +242,15 @@ def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -
         # micro-batches are cached for the few jobs that read them: compressing them cost more than it saved
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # Every micro-batch builds its view DataFrames anew. With DataFrame debugging on (PySpark 4's
-        # default), each PySpark function call also records its Python call site in the JVM: ~200 of the ~490
-        # Py4J round trips of an IoT micro-batch, ~0.3 ms each. Errors then lack the Python line in their
-        # query context. PySpark reads this once per process, at the first DataFrame call, so it is set
-        # before the session starts.
+        # default), each PySpark function call also records its Python call site in the JVM, one more Py4J
+        # round trip per call. Errors then lack the Python line in their query context. PySpark reads this
+        # once per process, at the first DataFrame call, so it is set before the session starts.
         "spark.python.sql.dataFrameDebugging.enabled": "false",
         # Spark keeps its compiled code (whole-stage iterators, projections, predicates) in an LRU cache of
         # 100 classes by default. The app's queries cycle through more than that every second (and each
         # micro-batch compiles a new watermark predicate: the watermark is inlined as a literal), so the
-        # cache missed nearly every time: ~2,000 Janino compilations a minute at 5,000 events/s, ~15 of the
-        # JVM's ~65 CPU-seconds a minute. With 1,000, ~100 a minute, mostly those predicates.
+        # cache missed nearly every time and Janino recompiled the same code over and over. With 1,000 entries
+        # only the new watermark predicates are compiled.
         "spark.sql.codegen.cache.maxEntries": "1000",
     }
     return spark_session(

@@ -1,7 +1,7 @@
 """A class-data-sharing archive of the classes Spark's driver JVM loads, so it starts faster.
 
-A Spark driver loads ~20,000 classes from the jars in the virtualenv; reading and verifying them is a large
-part of its ~10 s start-up on this machine and of the first run of each kind of job. The JVM can dump the
+A Spark driver loads tens of thousands of classes from the jars in the virtualenv; reading and verifying
+them is a large part of its start-up and of the first run of each kind of job. The JVM can dump the
 classes one run loaded into an archive (`-XX:ArchiveClassesAtExit`, JDK 13+) and map it into later runs
 (`-XX:SharedArchiveFile`). `make venv` writes the archive once per install by running the batch views on a
 few generated rows; every session started by `lambdaflow.spark` uses it. The JVM checks that the archive

@@ -3,7 +3,7 @@
 Spark's Python API cannot run a stateful operator's per-key logic in the JVM; the speed layer's dedupe
 (`DedupeWithinWatermark.java`) is one, so it is Java. The jar is compiled against the installed PySpark's
 jars (`make venv` does it; a session compiles it first when its stamp, a digest of the sources and the PySpark
-version, differs, ~2 s: so two checkouts sharing a virtualenv each get their own classes) and lives in the
+version, differs: so two checkouts sharing a virtualenv each get their own classes) and lives in the
 virtualenv, like the class archive of `lambdaflow.spark_classes`. Compiling needs a JDK 17+
 (`javac` on the path or in `JAVA_HOME`); running needs only Spark's JVM.
 

@@ -36,10 +36,9 @@ import scala.jdk.javaapi.CollectionConverters;
  * <p>How: the ids are spread over {@link #GROUPS} state groups by hash, and each group keeps a map from id to
  * its expiry. A new id costs a map lookup and a write. Each group forgets its expired ids by scanning its map
  * on an event-time timer every half delay, the groups' timers staggered over that half delay so that a
- * micro-batch scans one or two groups: an id is read ~5 times over its life (held for ~2 delays). Spark's own
- * operator reads every id it holds on every micro-batch; keying the state by id with a timer each (the
- * previous version) made every id a group of its own, with Spark's per-group and per-timer work: ~18-33 us of
- * CPU an id at 5,000 events/s.
+ * micro-batch scans one or two groups: an id is read a few times over its life (held for up to ~2 delays).
+ * Spark's own operator reads every id it holds on every micro-batch; keying the state by id with a timer each
+ * would make every id a group of its own, paying Spark's per-group and per-timer work for each.
  */
 public final class DedupeWithinWatermark extends StatefulProcessor<Integer, Row, Row> {
   static final int GROUPS = 256;
