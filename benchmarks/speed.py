@@ -38,7 +38,7 @@ from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
 from lambdaflow.kafka import KafkaConnection
 from lambdaflow.lake import archiver_status_path
-from speed.streams import QUERY_PARTS
+from speed.queries import QUERY_PARTS
 
 RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
 SPEED_QUERIES = ",".join(part for parts in QUERY_PARTS.values() for part in parts)

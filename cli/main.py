@@ -406,15 +406,12 @@ def archive(once: bool) -> None:
 def stream(once: bool, only: str | None) -> None:
     """Run the streaming application: the lake archiver and the speed layer's view queries, one Spark app."""
     from ingestion.archiver import start_archiver
+    from lambdaflow.kafka import KafkaConnection
+    from lambdaflow.kafka_source import BrokerEndOffsets
     from lambdaflow.spark import failure_line, streaming_session
     from lambdaflow.views import VIEWS
-    from speed.streams import (
-        BrokerEndOffsets,
-        ProgressRecorder,
-        serve_stream_metrics,
-        speed_queries,
-        start_speed_query,
-    )
+    from speed.progress import ProgressRecorder, serve_stream_metrics
+    from speed.streams import speed_queries, start_speed_query
 
     known = ["archiver", *VIEWS, "alerts"]
     selected = [name.strip() for name in only.split(",")] if only else known
@@ -426,7 +423,8 @@ def stream(once: bool, only: str | None) -> None:
     settings = _settings()
     spark = streaming_session(settings)
     # the broker's end offsets besides Spark's progress: lag, and a stalled query told from a stopped stream
-    recorder = ProgressRecorder(settings.resolved_store_url, BrokerEndOffsets(settings))
+    end_offsets = BrokerEndOffsets(KafkaConnection.from_settings(settings))
+    recorder = ProgressRecorder(settings.resolved_store_url, end_offsets)
     spark.streams.addListener(recorder)
     recorder.start()
     metrics = serve_stream_metrics(recorder, settings)

@@ -22,9 +22,10 @@ Apache Kafka, and on Tansu, whose ListOffsets(LATEST) answers the base offset of
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -88,6 +89,15 @@ def positions(offsets: Mapping[str, Any]) -> dict[str, int]:
     """The partitions' positions in a source offset (topic names cannot hold a colon; the other entries
     have none)."""
     return {key: int(value) for key, value in offsets.items() if ":" in key}
+
+
+def offset_positions(offset: str | Mapping[str, Any] | None) -> dict[str, int]:
+    """The partitions' positions in a source offset as a query's progress reports it: its JSON (a listener's
+    event, a stored progress row) or parsed (`StreamingQuery.lastProgress`). An offset of another source's
+    shape, or none, gives none."""
+    if isinstance(offset, str):
+        offset = json.loads(offset) if offset.startswith("{") else None
+    return positions(offset) if isinstance(offset, Mapping) else {}
 
 
 class DataLossError(RuntimeError):
@@ -177,14 +187,46 @@ class EndOffsetProbe:
         self._consumer.close()
 
 
+class BrokerEndOffsets:
+    """The broker's end offsets now, keyed like the source's offsets (`topic:partition`), from one
+    `EndOffsetProbe` kept open between calls, so a caller that asks again and again (the speed layer's
+    progress recorder) opens no connection each time; after a failure the next call opens a new one."""
+
+    def __init__(self, connection: KafkaConnection) -> None:
+        self.config = connection.kafka_python()
+        self._probe: EndOffsetProbe | None = None
+
+    def __call__(self, keys: list[str]) -> dict[str, int]:
+        """The end offsets of these partitions (`topic:partition` keys)."""
+        return self._ask(lambda probe: [parse_offset_key(key) for key in keys])
+
+    def of_topics(self, topics: list[str]) -> dict[str, int]:
+        """The end offsets of every partition of these topics."""
+        return self._ask(lambda probe: probe.partitions(topics))
+
+    def _ask(self, partitions: Callable[[EndOffsetProbe], list[TopicPartition]]) -> dict[str, int]:
+        if self._probe is None:
+            self._probe = EndOffsetProbe(self.config)
+        try:
+            ends = self._probe.end_offsets(partitions(self._probe))
+        except Exception:
+            self.close()  # a new connection next time
+            raise
+        return {offset_key(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
 def broker_end_offsets(options: Mapping[str, str], topics: list[str]) -> dict[str, int]:
-    """Each partition's end offset on the broker now, keyed like the source's offsets."""
-    probe = EndOffsetProbe(client_config(options))
+    """Each partition's end offset on the broker now, keyed like the source's offsets (one probe, closed)."""
+    ends = BrokerEndOffsets(KafkaConnection.from_source_options(options))
     try:
-        ends = probe.end_offsets(probe.partitions(topics))
+        return ends.of_topics(topics)
     finally:
-        probe.close()
-    return {offset_key(tp.topic, tp.partition): end for tp, end in ends.items()}
+        ends.close()
 
 
 @dataclass(frozen=True)

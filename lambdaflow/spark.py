@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -108,18 +107,14 @@ def failure_line(query: StreamingQuery) -> str:
 def processed_offsets(query: StreamingQuery) -> dict[str, int] | None:
     """The Kafka positions a query has processed (its last progress's end offsets); None before its first
     progress."""
-    from lambdaflow.kafka_source import positions  # the Kafka clients, only where a stream runs
+    from lambdaflow.kafka_source import offset_positions  # the Kafka clients, only where a stream runs
 
     progress = query.lastProgress
     if progress is None:
         return None
     found: dict[str, int] = {}
     for source in progress.get("sources", []):
-        end = source.get("endOffset")
-        if isinstance(end, str):  # the offset's JSON, as some sources report it
-            end = json.loads(end) if end.startswith("{") else None
-        if isinstance(end, dict):
-            found.update(positions(end))
+        found.update(offset_positions(source.get("endOffset")))
     return found
 
 

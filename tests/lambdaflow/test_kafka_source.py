@@ -1,6 +1,8 @@
-"""The Spark Kafka source against the real broker: exact ranges, admission control, availableNow."""
+"""The Spark Kafka source against the real broker: exact ranges, admission control, availableNow, the
+broker's end offsets, and the positions in an offset as a query's progress reports it."""
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -10,18 +12,21 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from lambdaflow.kafka import source_options
+from lambdaflow.kafka import KafkaConnection, source_options
 from lambdaflow.kafka_source import (
     FORMAT,
     SMALL_BATCH_ROWS,
     TOPIC_IDS,
+    BrokerEndOffsets,
     DataLossError,
     EndOffsetProbe,
     KafkaRange,
     KafkaRanges,
     KafkaStreamReader,
+    broker_end_offsets,
     client_config,
     limit_rows,
+    offset_positions,
     rdkafka_config,
     read_ranges,
     record_parser,
@@ -163,6 +168,31 @@ def test_end_offsets_are_each_partitions_high_watermark_however_its_records_were
             assert probe.end_offsets(partitions) == ends
     finally:
         probe.close()
+
+
+def test_the_kept_end_offset_probe_answers_like_a_one_off_one_and_reconnects_after_a_failure(settings):
+    """The progress recorder asks every few seconds through one kept probe; the command line asks once."""
+    topic = settings.topic_iot
+    produce_values(settings.kafka_bootstrap_servers, topic, [f"record-{n}".encode() for n in range(50)])
+    once = broker_end_offsets(source_options(settings), [topic])
+    assert sum(once.values()) == 50 and sorted(once) == [f"{topic}:{n}" for n in range(4)]
+    ends = BrokerEndOffsets(KafkaConnection.from_settings(settings))
+    try:
+        assert ends.of_topics([topic]) == once
+        probe = ends._probe
+        assert ends(sorted(once)) == once and ends._probe is probe  # the same connection between calls
+        with pytest.raises(ValueError, match="topic 'no_such_topic_here' does not exist"):
+            ends.of_topics(["no_such_topic_here"])
+        assert ends._probe is None and ends([f"{topic}:0"]) == {f"{topic}:0": once[f"{topic}:0"]}
+    finally:
+        ends.close()
+
+
+def test_the_positions_of_an_offset_as_a_progress_report_gives_it_parsed_or_as_json():
+    offset = {"iot:0": 6, "iot:1": 4, TOPIC_IDS: {"iot": "abc"}}
+    assert offset_positions(offset) == offset_positions(json.dumps(offset)) == {"iot:0": 6, "iot:1": 4}
+    for other_shape in (None, "", "42", "[1, 2]", "not json"):
+        assert offset_positions(other_shape) == {}
 
 
 def test_reads_every_record_exactly_once_in_capped_batches(spark, settings, tmp_path):

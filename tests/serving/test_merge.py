@@ -18,7 +18,8 @@ from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.views import VIEWS
 from serving.app import create_app
-from speed.streams import QUERY_PARTS, start_speed_query
+from speed.queries import QUERY_PARTS
+from speed.streams import start_speed_query
 from tests import ground_truth
 from tests.batch.test_recompute import topic_events
 from tests.conftest import run_cli, settings_env

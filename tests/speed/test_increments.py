@@ -1,18 +1,13 @@
-"""Merging partial aggregates: windows combine column by column, sessions as intervals (pure logic), and the
-speed sink's merge and write of sessions on a real SQLite store."""
+"""Merging partial aggregates: windows combine column by column, sessions as intervals (pure logic)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import datasketches
-from sqlalchemy import select
 
-from lambdaflow import store
-from lambdaflow.settings import load_settings
 from lambdaflow.views import HLL_LG_K, VIEWS
 from speed.increments import merge_sessions, merge_windows
-from speed.streams import merge_view, write_view
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 GAP_S = 1800
@@ -111,30 +106,3 @@ def test_device_health_partials_keep_the_latest_reading_by_time_then_event_id():
     ]  # fmt: skip
     assert merged["older"]["battery_min"] == 10.0 and merged["older"]["alert_share"] == 0.5
     assert merged["newer"]["readings"] == 4 and merged["newer"]["alert_share"] == 0.25
-
-
-def test_sessions_replaced_under_a_new_start_leave_no_stale_rows_in_the_store(tmp_path):
-    """The speed sink's merge and write on a real SQLite store: partials bridging two stored sessions make one
-    row under the earliest start; the other stored rows of that id are gone, other ids untouched."""
-    settings = load_settings(data_dir=tmp_path, session_gap_seconds=GAP_S)
-    engine = store.engine(settings.resolved_store_url)
-    sessions = store.SPEED_TABLES["sessions"]
-
-    def write(partials: list[dict]) -> None:
-        with engine.connect() as connection:
-            merge = merge_view(connection, settings, "sessions", partials)
-        with engine.begin() as connection:
-            write_view(connection, "sessions", merge, datetime.now(UTC))
-
-    write([part("a", 40, 45, 2), part("a", 100, 110, 3), part("b", 40, 50, 1)])
-    write([part("a", 10, 20, 1), part("a", 60, 80, 1)])  # moves a's start to 10, bridges 40-45 and 100-110
-    with engine.connect() as connection:
-        rows = connection.execute(select(sessions).order_by(sessions.c.session_id)).mappings().all()
-    stored = [
-        (r["session_id"], r["session_start"], r["session_end"], r["events"], r["duration_s"]) for r in rows
-    ]
-    naive = T0.replace(tzinfo=None)
-    assert stored == [
-        ("a", naive + timedelta(minutes=10), naive + timedelta(minutes=110), 7, 6000.0),
-        ("b", naive + timedelta(minutes=40), naive + timedelta(minutes=50), 1, 600.0),
-    ]

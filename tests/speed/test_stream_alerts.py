@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from lambdaflow import store
-from lambdaflow.broker import free_port
-from lambdaflow.settings import load_settings
-from speed.streams import checkpoint_of, publish_alerts, start_speed_query
+from speed.queries import checkpoint_of
+from speed.streams import start_speed_query
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all
 
@@ -76,12 +75,3 @@ def test_alert_rules_fire_once_each_through_the_stream(spark, settings, tmp_path
             select(store.alerts).where(store.alerts.c.rule == "temperature_anomaly")
         ).first()
     assert (anomaly.value, anomaly.threshold) == (3.5, 3.0)
-
-
-def test_alerts_the_broker_does_not_acknowledge_fail_the_micro_batch(tmp_path):
-    """Spark then replays the micro-batch (same alert ids) instead of committing alerts the topic lacks."""
-    unreachable = load_settings(data_dir=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
-    alert = {"alert_id": "a1", "rule": "temperature_high", "ts": datetime.now(UTC), "subject": "sensor-a",
-             "value": 31.0, "threshold": 30.0, "event": "{}", "created_at": datetime.now(UTC)}  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"^1 alerts not published to alerts: 1 not acknowledged in 1 s$"):
-        publish_alerts(unreachable, [alert], timeout_s=1)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from lambdaflow import store
 from lambdaflow.spark import ROCKSDB_STATE_STORE
-from speed.streams import CHECKPOINTS
+from speed.queries import CHECKPOINTS
 from tests import ground_truth
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli, settings_env
 from tests.kafka_helpers import consume_all

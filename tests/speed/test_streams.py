@@ -16,7 +16,9 @@ from sqlalchemy import select
 from lambdaflow import store
 from lambdaflow.views import HLL_RELATIVE_ERROR, VIEWS, Parameters
 from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
-from speed.streams import ProgressRecorder, checkpoint_of, query_name, start_speed_query
+from speed.progress import ProgressRecorder
+from speed.queries import checkpoint_of, query_name
+from speed.streams import start_speed_query
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all, produce_values

@@ -19,8 +19,7 @@ from sqlalchemy import select
 
 from lambdaflow import store
 from lambdaflow.metrics import progress_metrics
-from speed import streams
-from speed.streams import ProgressRecorder
+from speed.progress import ProgressRecorder, count_stored_alerts
 
 QUERY_ID, RUN_ID = str(uuid.uuid4()), str(uuid.uuid4())
 STAMP = "2026-12-03T10:00:00.000Z"
@@ -112,7 +111,7 @@ def test_an_idle_query_reports_with_no_rates_and_the_counts_carry_across_a_resta
     recorder = ProgressRecorder(url)
     recorder.onQueryStarted(QueryStartedEvent.fromJson(
         {"id": QUERY_ID, "runId": RUN_ID, "name": "speed_iot_sensors", "timestamp": STAMP}))  # fmt: skip
-    streams._count_fired("speed_iot_sensors", [{"rule": "battery_low"}] * 2 + [{"rule": "temperature_high"}])
+    count_stored_alerts("speed_iot_sensors", [{"rule": "battery_low"}] * 2 + [{"rule": "temperature_high"}])
     recorder.onQueryProgress(progress(0, {"iot:0": 6}, rows=6, dropped=1))
     recorder.onQueryProgress(progress(0, {"iot:0": 6}, rows=6, dropped=1))  # the same report again
     before = stored(url)
@@ -125,7 +124,7 @@ def test_an_idle_query_reports_with_no_rates_and_the_counts_carry_across_a_resta
     assert idle["input_rows_per_second"] == 0.0 and idle["batch_id"] == 0
 
     restarted = ProgressRecorder(url)  # a new process: counts go on from the store
-    streams._count_fired("speed_iot_sensors", [{"rule": "battery_low"}])
+    count_stored_alerts("speed_iot_sensors", [{"rule": "battery_low"}])
     restarted.onQueryProgress(progress(1, {"iot:0": 9}, rows=3, dropped=2))
     row = stored(url)
     assert row["late_rows"] == 3 and json.loads(row["alerts_fired"]) == {
