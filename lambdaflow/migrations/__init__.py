@@ -11,7 +11,7 @@ Two kinds of change, two mechanisms:
   guessing how to move the data is how rows get lost. A revision that changes a view table must allow for the
   table not existing yet (a fresh store creates it only in the sync that follows the revisions).
 
-A store made before migrations (tables, no `alembic_version`) gets the additive differences of the baseline
+A store made before migrations (tables, no version table) gets the additive differences of the baseline
 (stream_progress's lag columns came late) and is stamped at the baseline; a fresh store is upgraded from
 nothing. Processes that start together upgrade one at a time: PostgreSQL under an advisory lock held by the
 upgrade's transaction, SQLite under a file lock beside the database; the version is read inside the lock, so
@@ -44,6 +44,9 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 SCRIPT_LOCATION = Path(__file__).parent
 BASELINE = "0001"
+# Not Alembic's default "alembic_version": Airflow's metadata keeps its own there, and a deployment may give
+# Airflow and the store one PostgreSQL database.
+VERSION_TABLE = "lambdaflow_store_version"
 # One 64-bit key for every process that upgrades a store on this PostgreSQL database.
 _ADVISORY_LOCK_KEY = zlib.crc32(b"lambdaflow.store.upgrade")
 
@@ -73,13 +76,13 @@ def head() -> str:
 def current(engine: Engine) -> str | None:
     """The store's revision (None: never migrated)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return _context(connection).get_current_revision()
 
 
 def upgrade(engine: Engine, metadata: MetaData, view_tables: Collection[str]) -> None:
     """Bring the store to the newest revision, then add what the view definitions have and it lacks."""
     with engine.connect() as connection, _exclusive(connection):
-        context = MigrationContext.configure(connection)
+        context = _context(connection)
         was = context.get_current_revision()
         if was is None and inspect(connection).get_table_names():
             baseline = ScriptDirectory.from_config(config()).get_revision(BASELINE).module.schema()
@@ -92,6 +95,10 @@ def upgrade(engine: Engine, metadata: MetaData, view_tables: Collection[str]) ->
         if now != was:
             log.info("store %s: upgraded from %s to %s", engine.url.database, was or "nothing", now)
         sync_additively(connection, metadata, set(view_tables))
+
+
+def _context(connection: Connection, **options: Any) -> MigrationContext:
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, **options})
 
 
 @contextmanager
@@ -116,11 +123,12 @@ def sync_additively(connection: Connection, metadata: MetaData, tables: Collecti
     def included(name: str | None, kind: str, *_: Any) -> bool:
         return kind != "table" or name in tables
 
-    context = MigrationContext.configure(
+    context = _context(
         connection,
-        opts={"compare_type": True, "include_name": included,
-              "include_object": lambda _object, name, kind, *rest: included(name, kind)},
-    )  # fmt: skip
+        compare_type=True,
+        include_name=included,
+        include_object=lambda _object, name, kind, *_: included(name, kind),
+    )
     changes = list(_flattened(produce_migrations(context, metadata).upgrade_ops.ops))
     refused = [_described(change) for change in changes if not _additive(change)]
     if refused:

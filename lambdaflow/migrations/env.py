@@ -6,6 +6,7 @@ from __future__ import annotations
 from alembic import context
 
 from lambdaflow import store
+from lambdaflow.migrations import VERSION_TABLE
 
 config = context.config
 target_metadata = config.attributes.get("target_metadata") or store.metadata
@@ -19,13 +20,19 @@ def include_object(_object: object, name: str | None, kind: str, *_: object) -> 
 
 
 def run_migrations(connection: object) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, include_object=include_object)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_object=include_object,
+        version_table=VERSION_TABLE,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 if context.is_offline_mode():
-    raise SystemExit("the store's migrations run against a database (the view tables are compared with it)")
+    # the view tables are synced against the database after the revisions: SQL written ahead would miss them
+    raise SystemExit("the store's migrations run against the database (lambdaflow store upgrade), not as SQL")
 connection = config.attributes.get("connection")
 if connection is not None:
     run_migrations(connection)

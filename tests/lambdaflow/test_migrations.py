@@ -59,7 +59,8 @@ def store_url(request, tmp_path):
 def differences(engine, metadata=store.metadata) -> list:
     """What Alembic's comparison finds between the store and `metadata` (nothing, once upgraded)."""
     with engine.connect() as connection:
-        return compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata)
+        options = {"compare_type": True, "version_table": migrations.VERSION_TABLE}
+        return compare_metadata(MigrationContext.configure(connection, opts=options), metadata)
 
 
 def columns_of(connection: sqlite3.Connection) -> dict[str, list[str]]:
@@ -93,7 +94,7 @@ def test_a_fresh_store_is_upgraded_to_head_and_a_second_upgrade_changes_nothing(
     engine = store.engine(store_url)
     assert migrations.current(engine) == migrations.head()
     assert differences(engine) == []
-    assert set(inspect(engine).get_table_names()) == {*store.metadata.tables, "alembic_version"}
+    assert set(inspect(engine).get_table_names()) == {*store.metadata.tables, migrations.VERSION_TABLE}
 
     statements: list[str] = []
 
@@ -131,14 +132,14 @@ def with_a_new_view(metadata: MetaData) -> tuple[MetaData, set[str]]:
         table.to_metadata(extended)
     extended.tables["batch_sensor_stats"].append_column(Column("temperature_p95", Float))
     Table(
-        "speed_device_health", extended,
+        "speed_next_view", extended,
         Column("window_start", DateTime, primary_key=True),
         Column("sensor_id", String(128), primary_key=True),
         Column("readings", BigInteger),
         Column("updated_at", DateTime, nullable=False),
-        Index("ix_speed_device_health_lookup", "sensor_id", "window_start"),
+        Index("ix_speed_next_view_lookup", "sensor_id", "window_start"),
     )  # fmt: skip
-    return extended, store.view_table_names() | {"speed_device_health"}
+    return extended, store.view_table_names() | {"speed_next_view"}
 
 
 def test_a_new_view_table_and_column_appear_by_the_sync_and_rows_stay(store_url):
@@ -152,8 +153,8 @@ def test_a_new_view_table_and_column_appear_by_the_sync_and_rows_stay(store_url)
 
     assert differences(engine, extended) == []
     schema = inspect(engine)
-    assert "speed_device_health" in schema.get_table_names()
-    assert [i["name"] for i in schema.get_indexes("speed_device_health")] == ["ix_speed_device_health_lookup"]
+    assert "speed_next_view" in schema.get_table_names()
+    assert [i["name"] for i in schema.get_indexes("speed_next_view")] == ["ix_speed_next_view_lookup"]
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT sensor_id, events, temperature_p95 FROM batch_sensor_stats"))
         assert stored.all() == [("s-1", 3, None)]
@@ -177,7 +178,7 @@ def test_a_change_that_is_not_additive_is_refused_in_one_line_and_nothing_change
     message = str(refused.value)
     assert "\n" not in message and "speed_location_stats.temperature_max" in message
     assert "lambdaflow/migrations/versions" in message
-    assert "speed_device_health" not in inspect(engine).get_table_names()  # refused before any change
+    assert "speed_next_view" not in inspect(engine).get_table_names()  # refused before any change
     assert differences(engine) == []
 
 

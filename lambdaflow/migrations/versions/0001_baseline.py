@@ -1,7 +1,7 @@
 """Baseline: the store as the release before migrations (commit ecd7be1) created it.
 
 A frozen copy, not an import of `lambdaflow.store`: this revision must build the same tables whatever the
-views become. A store that version made (no `alembic_version` table) is stamped here after the additive
+views become. A store that version made (no version table) is stamped here after the additive
 differences of this schema are applied (stream_progress's lag columns, added late, were nullable).
 
 Revision ID: 0001
