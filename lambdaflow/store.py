@@ -260,7 +260,7 @@ def _sqlite_value(value: Any) -> Any:
 def _insert_statement(dialect: str, table: Table, columns: tuple[str, ...], on_conflict: str) -> Any:
     """An insert of `columns` into `table`; on a key already there it fails (`raise`), does nothing
     (`ignore`) or replaces the other columns (`update`). Built once per shape: an upsert's `excluded` builds
-    a column collection each time, ~6 % of the streaming driver's Python."""
+    a column collection each time, on every micro-batch's writes."""
     statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     if on_conflict == "ignore":
         return statement.on_conflict_do_nothing()
@@ -284,7 +284,7 @@ def _insert_many(
 ) -> int:
     """Insert rows (the keys of the first are the columns) in chunks; the rows changed. On SQLite the rows go
     to the driver as tuples of stored values: SQLAlchemy's per-row parameter processing cost more than
-    SQLite's own writing (py-spy, the speed sink's session writes: ~30 % against ~12 %)."""
+    SQLite's own writing."""
     if not rows:
         return 0
     columns, changed = tuple(rows[0]), 0

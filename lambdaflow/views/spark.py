@@ -32,9 +32,9 @@ _BUILT: weakref.WeakKeyDictionary[SparkContext, dict[tuple[Any, ...], Any]] = we
 
 def built_once(build: Callable[..., Built]) -> Callable[..., Built]:
     """`build`'s Columns, built once per SparkContext and arguments (hashable; the result must not be
-    mutated). PySpark builds a Column in Py4J round trips to the JVM, two or more per function call (~0.3 ms
-    each, ~0.9 ms on a busy machine), and the speed layer builds its views' DataFrames anew every
-    micro-batch; a Column is an unresolved expression, resolved by each DataFrame that uses it."""
+    mutated). PySpark builds a Column in Py4J round trips to the JVM, two or more per function call, and the
+    speed layer builds its views' DataFrames anew every micro-batch; a Column is an unresolved expression,
+    resolved by each DataFrame that uses it."""
 
     @functools.wraps(build)
     def cached(*args: Any) -> Built:
@@ -77,7 +77,7 @@ def dedupe_exact(events: DataFrame) -> DataFrame:
 
     id_hash = F.xxhash64("event_id")
     # Nearly every hash is its own group: a partial aggregation before the shuffle would only copy the rows
-    # (5M keys in, 5M out, spilling), so the 8-byte hashes are shuffled first and counted once (~1.7x faster).
+    # (as many keys out as in, spilling), so the 8-byte hashes are shuffled first and counted once.
     repeated = (
         events.select(id_hash.alias("_id_hash")).repartition("_id_hash")
         .groupBy("_id_hash").agg(F.count(F.lit(1)).alias("_copies")).where("_copies > 1")
@@ -118,8 +118,8 @@ def dedupe_within_watermark(events: DataFrame) -> DataFrame:
     """Drop repeated `event_id`s seen within the watermark (the stream must have one, on `ts`), as Spark's
     `dropDuplicatesWithinWatermark` does, but with state whose upkeep does not grow with the ids held
     (`lambdaflow/java/DedupeWithinWatermark.java`, which takes the delay from the watermark): Spark's operator
-    reads every id it holds on every micro-batch, which at 5,000 events/s made micro-batches ~2x slower
-    within 10 minutes. Every session from `lambdaflow.spark` loads the class and keeps state in RocksDB."""
+    reads every id it holds on every micro-batch, so its micro-batches slow down as the ids pile up. Every
+    session from `lambdaflow.spark` loads the class and keeps state in RocksDB."""
     spark = events.sparkSession
     dedupe = jvm(spark).lambdaflow.DedupeWithinWatermark
     return dataframe_from_java(dedupe.apply(java_dataframe(events), "event_id", "ts"), spark)
@@ -137,7 +137,7 @@ def breaks_a_threshold(thresholds: Thresholds) -> Column:
 
 def window_start(window_seconds: int) -> Column:
     """The start of the tumbling window holding `ts`: integer arithmetic on epoch microseconds (the same
-    windows as `F.window`, whose struct and filter made the aggregations ~1.5x slower)."""
+    windows as `F.window`, without the struct and filter it adds to every aggregation)."""
     micros = F.unix_micros("ts")
     return F.timestamp_micros(micros - F.pmod(micros, F.lit(window_seconds * 1_000_000)))
 
@@ -248,9 +248,9 @@ def activity_stats(
     events: DataFrame, window_seconds: int, extra_sums: Mapping[str, Column] | None = None
 ) -> DataFrame:
     """Rolled up from per-user rows: a group's distinct users are its user rows (two hash aggregations,
-    ~2x faster than Spark's plan for a distinct count next to other aggregates). The events are partitioned
+    cheaper than Spark's plan for a distinct count next to other aggregates). The events are partitioned
     by the group first, so both aggregations run in one stage: a user's events rarely repeat a group, and a
-    partial aggregation before a shuffle on the per-user key would copy every row (~2x slower again).
+    partial aggregation before a shuffle on the per-user key would copy every row.
     `extra_sums` as in `sensor_stats_partial`: more per-event values, summed per group."""
     keys = ("window_start", "event_type", "browser")
     extra = dict(extra_sums or {})
