@@ -52,7 +52,7 @@ def test_airflow_dags_test_publishes_the_ground_truth_and_a_corrupt_day_publishe
 
     airflow(["dags", "test", "lambdaflow_batch", day.isoformat()], airflow_env)
 
-    engine = store.connect(settings.resolved_store_url)
+    engine = store.engine(settings.resolved_store_url)
     frames = {
         "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors", 3000),
         "user_activity": topic_events(settings, settings.topic_activity, "user_activity", 3000),
