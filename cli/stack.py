@@ -12,7 +12,6 @@ one is running instead of fighting over ports.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -31,6 +30,7 @@ from typing import TextIO
 from honcho.manager import Manager
 
 from lambdaflow.broker import EmbeddedBroker, check_port_free
+from lambdaflow.file_lock import LockHeld, lock_file, write_holder
 from lambdaflow.settings import Settings
 
 
@@ -94,21 +94,13 @@ class StagedManager(Manager):
 @contextmanager
 def single_instance(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` (released by the OS even on kill -9)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = lock_path.open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
+        handle = lock_file(lock_path)
+    except LockHeld as held:
         raise AlreadyRunning(
-            f"lambdaflow is already running (pid {owner}, data dir {lock_path.parent}); Ctrl-C it first"
+            f"lambdaflow is already running (pid {held.holder}, data dir {lock_path.parent}); Ctrl-C it first"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    write_holder(handle, str(os.getpid()))
     try:
         yield
     finally:

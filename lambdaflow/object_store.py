@@ -17,7 +17,6 @@ volumes nor LevelDB are fsynced on each write.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import http.client
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import TextIO
 
 from lambdaflow.broker_processes import BrokerError, dies_with_parent, free_port, stop_process
+from lambdaflow.file_lock import LockHeld, lock_file
 
 HOST = "127.0.0.1"  # whatever address Kafka listens on, its storage is for this machine's processes only
 REGION = "us-east-1"
@@ -312,21 +312,12 @@ class SeaweedS3:
 def hold_storage(directory: Path, wait_s: float) -> TextIO:
     """The open lock file of a storage directory, locked (released when every copy of it is closed: this
     process's and its server's), or `BrokerError` after `wait_s` if another broker holds it."""
-    lock = (directory / "lock").open("a+")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return lock
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                lock.seek(0)
-                holder = lock.readline().strip() or "unknown"
-                lock.close()
-                raise BrokerError(
-                    f"the broker storage {directory} is in use ({holder}); stop that broker first"
-                ) from None
-            time.sleep(0.2)
+    try:
+        return lock_file(directory / "lock", wait_s)
+    except LockHeld as held:
+        raise BrokerError(
+            f"the broker storage {directory} is in use ({held.holder}); stop that broker first"
+        ) from None
 
 
 def _remove(paths: Iterable[Path]) -> None:

@@ -20,7 +20,6 @@ the later ones find the store at head and change nothing.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import zlib
 from collections.abc import Collection, Iterator
@@ -36,6 +35,8 @@ from alembic.operations import Operations
 from alembic.operations import ops as alembic_ops
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect
+
+from lambdaflow.file_lock import lock_file
 
 log = logging.getLogger(__name__)
 # Alembic logs its set-up at INFO on every upgrade (the dialect, transactional DDL); what changed in the store
@@ -105,10 +106,9 @@ def _context(connection: Connection, **options: Any) -> MigrationContext:
 def _exclusive(connection: Connection) -> Iterator[None]:
     """One transaction on `connection`, which no other upgrade of the same store runs beside."""
     if connection.dialect.name == "sqlite" and connection.engine.url.database not in (None, "", ":memory:"):
-        with open(f"{connection.engine.url.database}.upgrade-lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
-            with connection.begin():
-                yield
+        upgrade_lock = Path(f"{connection.engine.url.database}.upgrade-lock")
+        with lock_file(upgrade_lock, wait_s=None), connection.begin():
+            yield
         return
     with connection.begin():
         if connection.dialect.name == "postgresql":  # released when the transaction ends
