@@ -19,8 +19,8 @@ from lambdaflow.settings import Settings
 
 # what lambdaflow writes directly under the data directory, besides secrets/ and up.lock
 DERIVED = ("broker", "checkpoints", "lake", "status", "quality", "airflow", "logs", "metrics", "serving.db",
-           "serving.db-wal", "serving.db-shm", "serving.db-journal", "spark-warehouse", "metastore_db",
-           "derby.log")  # fmt: skip
+           "serving.db-wal", "serving.db-shm", "serving.db-journal", "serving.db.upgrade-lock",
+           "spark-warehouse", "metastore_db", "derby.log")  # fmt: skip
 
 
 class ResetRefused(RuntimeError):
