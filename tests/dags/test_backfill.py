@@ -87,4 +87,6 @@ def test_backfill_of_three_days_publishes_them_and_a_rerun_is_idempotent(spark, 
     again = dump(engine)
     quality_before, quality_after = published.pop("quality_runs"), again.pop("quality_runs")
     assert again == published, "backfilling a published day again changed the store"
-    assert len(quality_after) == len(quality_before) == 3 * 7
+    suites = {"raw_iot_sensors", "raw_user_activity", *(f"view_{name}" for name in VIEWS), "reconcile"}
+    assert len(quality_after) == len(quality_before) == len(days) * len(suites)
+    assert {row[1] for row in quality_after} == suites
