@@ -255,10 +255,24 @@ def topics() -> None:
     help="Fraction shifted back within the watermark.",
 )
 @click.option("--malformed", type=FiniteFloat(0, 1), default=0.0, help="Fraction breaking the contract.")
+@click.option(
+    "--history-days",
+    type=click.IntRange(min=0, max=31),
+    default=0,
+    help="First send this many whole days of simulated history (the same simulator and faults, at a lower "
+    "event density) in about LAMBDAFLOW_DEMO_HISTORY_SECONDS, unless the data directory's marker says the "
+    "topic's history was sent; then produce live.",
+)
+@click.option(
+    "--history-from",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The history's first day (UTC) [default: --history-days before today].",
+)
 def produce(
     kind: str | None, from_file: Path | None, topic: str | None, rate: float | None, count: int | None,
     duration: float | None, seed: int | None, sensors: int, users: int, start: datetime | None,
-    duplicates: float, late: float, out_of_order: float, malformed: float,
+    duplicates: float, late: float, out_of_order: float, malformed: float, history_days: int,
+    history_from: datetime | None,
 ) -> None:  # fmt: skip
     """Produce simulated IoT readings or user activity (KIND), or replay a file (--from-file)."""
     from ingestion.eventhubs import profile_from_env
@@ -283,6 +297,12 @@ def produce(
     check_topic_exists(connection, topic)
     if event_hub:
         log.info("producing to Azure Event Hubs %r at %s", event_hub.hub_name, event_hub.namespace_host)
+    if history_days and kind is None:
+        raise click.UsageError("--history-days needs KIND (iot or activity)")
+    faults = Faults(duplicates, late, out_of_order, malformed, timedelta(seconds=settings.watermark_seconds))
+    if history_days:
+        first_day = history_from.date() if history_from else None
+        _send_history(settings, connection, topic, kind, history_days, first_day, faults)
 
     if from_file is not None:
         key_field = "sensor_id" if topic == settings.topic_iot else "session_id"
@@ -302,9 +322,6 @@ def produce(
             )
         )
         clock = simulated_clock(start, events_per_second or 1000.0) if start else wall_clock
-        faults = Faults(
-            duplicates, late, out_of_order, malformed, timedelta(seconds=settings.watermark_seconds)
-        )
         injector = FaultInjector(faults, seed)
         records = injector.apply(simulator.events(clock), simulator.key)
         report = SendReport(topic, faults=injector.counts)
@@ -317,6 +334,39 @@ def produce(
     click.echo(report.summary(), err=True)
     if report.failed:
         sys.exit(1)
+
+
+def _send_history(settings: Settings, connection: Any, topic: str, kind: str, days: int,
+                  first_day: date | None, faults: Any) -> None:  # fmt: skip
+    """Send the topic's simulated history unless its marker is in the data directory; write the marker once
+    every record is acknowledged, and fail (no marker) when any was not."""
+    from ingestion.history import HistoryPlan, history_records, read_marker, write_marker
+    from ingestion.producer import SendReport, make_producer, send_records
+
+    marker = read_marker(settings.data_dir, topic)
+    if marker is not None:
+        log.info("%s: history of %d days from %s already sent (%d records); skipping it",
+                 topic, marker.days, marker.first_day, marker.records)  # fmt: skip
+        return
+    today = datetime.now(UTC).date()
+    plan = HistoryPlan(kind, first_day or today - timedelta(days=days), days, settings.demo_history_seconds)
+    _check_in_lake(plan.end - timedelta(microseconds=1), settings, "--history-from")
+    last = plan.day_list[-1]
+    log.info("%s: %d days of history (%s … %s): publishing %d events at %.0f/s", topic, days,
+             plan.first_day, last, plan.events, plan.send_rate)  # fmt: skip
+    records, counts = history_records(plan, faults)
+    report = SendReport(topic, faults=counts)
+    producer = make_producer(connection)
+    try:
+        send_records(producer, topic, records, rate=plan.send_rate, report=report)
+    finally:
+        producer.close(timeout=10)
+    click.echo(f"history {plan.first_day} … {last}: {report.summary()}", err=True)
+    if report.failed:
+        _fail(
+            f"{topic}: {report.failed} history records were not sent; the next start sends the history again"
+        )
+    write_marker(settings.data_dir, topic, plan, report.sent)
 
 
 def run_until_stopped(queries: list[Any], settings: Settings | None = None) -> None:

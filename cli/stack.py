@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -141,7 +141,42 @@ def credentials(settings: Settings) -> dict[str, Credential]:
     }
 
 
-def airflow_env(settings: Settings, root: Path, secrets_: dict[str, Credential]) -> dict[str, str]:
+@dataclass(frozen=True)
+class DemoHistory:
+    """The demo's simulated history: its days, and the topics whose history is still to be sent."""
+
+    first_day: date | None  # None: no history (the batch DAG starts today)
+    days: int
+    pending: tuple[str, ...]
+
+    @property
+    def last_day(self) -> date | None:
+        return self.first_day + timedelta(days=self.days - 1) if self.first_day else None
+
+
+def demo_history(settings: Settings, demo: bool, today: date | None = None) -> DemoHistory:
+    """What `up` does about history: the days that the markers in the data directory say were sent, else
+    (with the demo producers) `demo_history_days` whole days before today; a topic without a marker gets its
+    history sent before its live events."""
+    from ingestion.history import read_marker
+
+    today = today or datetime.now(UTC).date()
+    markers = [marker for topic in settings.topics if (marker := read_marker(settings.data_dir, topic))]
+    if markers:
+        first_day, days = min(m.first_day for m in markers), max(m.days for m in markers)
+    elif demo and settings.demo_history_days:
+        first_day, days = today - timedelta(days=settings.demo_history_days), settings.demo_history_days
+    else:
+        return DemoHistory(None, 0, ())
+    sent = {marker.topic for marker in markers}
+    pending = tuple(topic for topic in settings.topics if topic not in sent) if demo else ()
+    return DemoHistory(first_day, days, pending)
+
+
+def airflow_env(
+    settings: Settings, root: Path, secrets_: dict[str, Credential], history: DemoHistory | None = None,
+    unpaused: bool = False,
+) -> dict[str, str]:  # fmt: skip
     """Airflow's configuration for the embedded stack (environment variables override airflow.cfg)."""
     home = settings.data_dir.resolve() / "airflow"
     home.mkdir(parents=True, exist_ok=True)
@@ -165,16 +200,21 @@ def airflow_env(settings: Settings, root: Path, secrets_: dict[str, Credential])
         "AIRFLOW__API__BASE_URL": url,
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets_["jwt_secret"].value,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        # the demo's lake starts today: catching up from the default start date would queue empty days
+        # the DAG starts with the lake: its history's first day, else today (catching up from the default
+        # start date would queue empty days)
         "LAMBDAFLOW_BATCH_START_DATE": os.environ.get("LAMBDAFLOW_BATCH_START_DATE")
-        or datetime.now(UTC).date().isoformat(),
+        or ((history and history.first_day) or datetime.now(UTC).date()).isoformat(),
+        # unpaused, the DAG's catch-up runs the history's days as soon as the DAG is parsed
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(not unpaused),
     }
 
 
 def demo_processes(
-    settings: Settings, iot_rate: float, activity_rate: float, demo: bool = True
-) -> dict[str, list[str]]:
-    """The commands `up` runs besides the broker, by name (without the demo producers unless `demo`)."""
+    settings: Settings, iot_rate: float, activity_rate: float, demo: bool = True,
+    history: DemoHistory | None = None,
+) -> dict[str, list[str]]:  # fmt: skip
+    """The commands `up` runs besides the broker, by name (without the demo producers unless `demo`); a
+    producer whose topic's history is pending sends it first."""
     command = [sys.executable, "-m", "cli"]
     airflow = str(Path(sys.executable).parent / "airflow")
     demo_faults = [
@@ -187,10 +227,18 @@ def demo_processes(
         "--malformed",
         "0.002",
     ]
+
+    def history_of(topic: str) -> list[str]:
+        if history is None or history.first_day is None or topic not in history.pending:
+            return []
+        return ["--history-days", str(history.days), "--history-from", history.first_day.isoformat()]
+
     producers = {
-        "iot": [*command, "produce", "iot", "--rate", str(iot_rate), *demo_faults],
-        "activity": [*command, "produce", "activity", "--rate", str(activity_rate), *demo_faults],
-    }
+        "iot": [*command, "produce", "iot", "--rate", str(iot_rate), *demo_faults,
+                *history_of(settings.topic_iot)],
+        "activity": [*command, "produce", "activity", "--rate", str(activity_rate), *demo_faults,
+                     *history_of(settings.topic_activity)],
+    }  # fmt: skip
     return {
         "stream": [*command, "stream"],  # the lake archiver and the speed layer's view queries
         "serve": [*command, "serve"],
@@ -214,15 +262,34 @@ def _shown(credential: Credential) -> str:
     return f"(from {credential.where})" if credential.where == "environment" else f"see {credential.where}"
 
 
+def history_line(settings: Settings, history: DemoHistory) -> str:
+    """What the banner says about the history ("3 days of history: publishing …")."""
+    from ingestion.history import HistoryPlan
+
+    if history.first_day is None:
+        return "none (produce events, or run the demo on a fresh data directory)"
+    days = f"{history.days} days of history ({history.first_day} … {history.last_day})"
+    if not history.pending:
+        return f"{days}: sent by an earlier start (markers in {settings.data_dir.resolve() / 'history'})"
+    kinds = {settings.topic_iot: "iot", settings.topic_activity: "activity"}
+    events = sum(
+        HistoryPlan(kinds[topic], history.first_day, history.days).events for topic in history.pending
+    )
+    return (f"{days}: publishing {events:,} events through Kafka in ~{settings.demo_history_seconds:.0f} s, "
+            "then live events; the DAG's catch-up publishes each day")  # fmt: skip
+
+
 def print_endpoints(settings: Settings, broker: EmbeddedBroker, secrets_: dict[str, Credential],
-                    out: TextIO = sys.stdout) -> None:  # fmt: skip
+                    out: TextIO = sys.stdout, history: DemoHistory | None = None,
+                    unpaused: bool = False) -> None:  # fmt: skip
     web = f"http://{settings.serve_host}"
+    dag_state = "unpaused: catch-up runs each past day" if unpaused else "paused: unpause to run"
     rows = [
         ("dashboard", f"{web}:{settings.serve_port}/"),
         ("HTTP API (OpenAPI docs)", f"{web}:{settings.serve_port}/api/docs/"),
         ("  API token (Bearer)", _shown(secrets_["api_token"])),
         ("Data Docs (quality)", f"{web}:{settings.serve_port}/quality/"),
-        ("Airflow UI", f"{web}:{settings.airflow_port}/  (DAG lambdaflow_batch, paused: unpause to run)"),
+        ("Airflow UI", f"{web}:{settings.airflow_port}/  (DAG lambdaflow_batch, {dag_state})"),
         ("  user admin, password", _shown(secrets_["airflow_password"])),
         ("Kafka (Tansu)", broker.bootstrap_servers),
         ("  storage", broker.storage_description),
@@ -230,6 +297,7 @@ def print_endpoints(settings: Settings, broker: EmbeddedBroker, secrets_: dict[s
         ("lake (Parquet)", str(settings.lake_dir)),
         ("serving store", settings.resolved_store_url),
         ("logs", str(settings.data_dir.resolve() / "logs")),
+        *([("history", history_line(settings, history))] if history else []),
     ]
     width = max(len(name) for name, _ in rows)
     out.write("\nlambdaflow is up — Ctrl-C stops everything\n")
@@ -271,7 +339,10 @@ def run_stack(
         logs.mkdir(parents=True, exist_ok=True)
         root = Path(__file__).resolve().parents[1]
         secrets_ = credentials(settings)
-        env = {**os.environ, **airflow_env(settings, root, secrets_)}
+        history = demo_history(settings, demo)
+        # only the demo's DAG starts unpaused: without demo producers the lake holds what the user sends
+        unpaused = demo and settings.demo_dag_unpaused
+        env = {**os.environ, **airflow_env(settings, root, secrets_, history, unpaused)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["LAMBDAFLOW_API_TOKEN"] = secrets_["api_token"].value
@@ -288,9 +359,9 @@ def run_stack(
                 [(("iot", "activity"), 15.0), (("stream",), settings.stream_drain_seconds + 60.0)],
                 alone=frozenset({"stream"}),
             )
-            for name, command in demo_processes(settings, iot_rate, activity_rate, demo).items():
+            for name, command in demo_processes(settings, iot_rate, activity_rate, demo, history).items():
                 # exec: the pid honcho holds is the program's own, which the streaming app's stop signals
                 manager.add_process(name, "exec " + " ".join(command), env=env, cwd=str(root))
-            print_endpoints(settings, broker, secrets_)
+            print_endpoints(settings, broker, secrets_, history=history, unpaused=unpaused)
             manager.loop()
             return manager.returncode or 0

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
 
     airflow_port: int = Field(8080, ge=1, le=65535)  # `lambdaflow up`: Airflow's UI and API on serve_host
     airflow_password: SecretStr | None = None  # `lambdaflow up`: Airflow's admin password (else generated)
+    # `lambdaflow up` with demo producers, on a data directory without history: whole days of simulated
+    # history sent through Kafka first (in about `demo_history_seconds`), so the batch DAG has days to run
+    demo_history_days: int = Field(3, ge=0, le=31)
+    demo_history_seconds: float = Field(60.0, gt=0)
+    # `lambdaflow up` with demo producers: the batch DAG starts unpaused, so its catch-up runs the history
+    demo_dag_unpaused: bool = True
 
     trigger_seconds: float = Field(1.0, ge=0)  # the speed queries: their views' freshness
     # The archiver's lake is read by the daily batch, not for freshness: fewer, larger micro-batches cost
