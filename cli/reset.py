@@ -18,8 +18,8 @@ from pathlib import Path
 from lambdaflow.settings import Settings
 
 # what lambdaflow writes directly under the data directory, besides secrets/ and up.lock
-DERIVED = ("broker", "checkpoints", "lake", "status", "quality", "airflow", "logs", "metrics", "serving.db",
-           "serving.db-wal", "serving.db-shm", "serving.db-journal", "serving.db.upgrade-lock",
+DERIVED = ("broker", "checkpoints", "lake", "history", "status", "quality", "airflow", "logs", "metrics",
+           "serving.db", "serving.db-wal", "serving.db-shm", "serving.db-journal", "serving.db.upgrade-lock",
            "spark-warehouse", "metastore_db", "derby.log")  # fmt: skip
 
 

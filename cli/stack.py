@@ -141,6 +141,10 @@ def credentials(settings: Settings) -> dict[str, Credential]:
     }
 
 
+# the demo producers' fault mix (`lambdaflow produce` options), history and live alike
+DEMO_FAULTS = {"out_of_order": 0.02, "late": 0.005, "duplicates": 0.005, "malformed": 0.002}
+
+
 @dataclass(frozen=True)
 class DemoHistory:
     """The demo's simulated history: its days, and the topics whose history is still to be sent."""
@@ -217,16 +221,7 @@ def demo_processes(
     producer whose topic's history is pending sends it first."""
     command = [sys.executable, "-m", "cli"]
     airflow = str(Path(sys.executable).parent / "airflow")
-    demo_faults = [
-        "--out-of-order",
-        "0.02",
-        "--late",
-        "0.005",
-        "--duplicates",
-        "0.005",
-        "--malformed",
-        "0.002",
-    ]
+    demo_faults = [f"--{name.replace('_', '-')}={share}" for name, share in DEMO_FAULTS.items()]
 
     def history_of(topic: str) -> list[str]:
         if history is None or history.first_day is None or topic not in history.pending:

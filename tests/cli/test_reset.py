@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 def test_reset_removes_the_broker_storage_with_what_refers_to_its_offsets(tmp_path):
     data = tmp_path / "data"
     for path in ("broker/volumes/1.dat", "checkpoints/archiver/offsets/0", "lake/raw/x.parquet", "serving.db",
-                 "airflow/airflow.db", "logs/broker.log", "status/archiver.json", "secrets/api_token",
-                 "notes.txt"):  # fmt: skip
+                 "airflow/airflow.db", "logs/broker.log", "status/archiver.json", "history/iot_sensors.json",
+                 "secrets/api_token", "notes.txt"):  # fmt: skip
         (data / path).parent.mkdir(parents=True, exist_ok=True)
         (data / path).write_text("x")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "LAMBDAFLOW_DATA_DIR": str(data)}
@@ -24,12 +24,12 @@ def test_reset_removes_the_broker_storage_with_what_refers_to_its_offsets(tmp_pa
     asked = subprocess.run([*LAMBDAFLOW, "reset"], env=env, cwd=ROOT, input="n\n", capture_output=True,
                            text=True, timeout=60)  # fmt: skip
     assert asked.returncode == 1
-    assert "delete broker, checkpoints, lake, status, airflow, logs, serving.db in" in asked.stdout
+    assert "delete broker, checkpoints, lake, history, status, airflow, logs, serving.db in" in asked.stdout
     assert (data / "broker" / "volumes" / "1.dat").exists()
 
     done = run_cli(["reset", "--yes"], env, timeout=60)
     assert done.stderr.strip() == (
-        f"reset {data}: removed broker, checkpoints, lake, status, airflow, logs, serving.db"
+        f"reset {data}: removed broker, checkpoints, lake, history, status, airflow, logs, serving.db"
     )
     assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "secrets", "up.lock"]
     assert run_cli(["reset", "--yes"], env, timeout=60).stderr.strip() == f"nothing to reset in {data}"
