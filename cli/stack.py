@@ -263,7 +263,8 @@ def history_line(settings: Settings, history: DemoHistory) -> str:
 
     if history.first_day is None:
         return "none (produce events, or run the demo on a fresh data directory)"
-    days = f"{history.days} days of history ({history.first_day} … {history.last_day})"
+    plural = "s" if history.days != 1 else ""
+    days = f"{history.days} day{plural} of history ({history.first_day} … {history.last_day})"
     if not history.pending:
         return f"{days}: sent by an earlier start (markers in {settings.data_dir.resolve() / 'history'})"
     kinds = {settings.topic_iot: "iot", settings.topic_activity: "activity"}

@@ -2,6 +2,7 @@
 API with `source: speed`; Airflow answers with the admin password; every server listens on 127.0.0.1 only;
 one instance; Ctrl-C stops all, draining first; and Ctrl-C then `up` again loses and doubles nothing."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,23 +11,30 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
+from cli.stack import DEMO_FAULTS
+from ingestion.faults import Faults
+from ingestion.history import HistoryPlan, history_events, history_records, plan_history, read_marker
 from lambdaflow import store
 from lambdaflow.broker import EmbeddedBroker, free_port
 from lambdaflow.kafka import source_options
 from lambdaflow.kafka_source import broker_end_offsets
+from lambdaflow.lake import raw_dir
 from lambdaflow.settings import load_settings
 from tests import ground_truth
 from tests.batch.test_recompute import topic_events
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli
 from tests.ingestion.test_archiver import assert_lake_matches_topics
+from tests.oracle import is_valid
 from tests.speed.test_streams import compare, store_frame
 
 pytestmark = pytest.mark.integration
@@ -45,6 +53,7 @@ def stack_env(data_dir) -> dict[str, str]:
         LAMBDAFLOW_AIRFLOW_PORT=str(free_port()),
         LAMBDAFLOW_AIRFLOW_PASSWORD="airflow-test-password",
         LAMBDAFLOW_STREAM_METRICS_PORT="0",
+        LAMBDAFLOW_DEMO_HISTORY_DAYS="0",  # the tests of the history ask for it
     )
     return env
 
@@ -238,3 +247,128 @@ def test_ctrl_c_then_up_again_loses_and_doubles_nothing(tmp_path):
             )
             actual = store_frame(settings, view)
             compare(actual[~actual["window_start"].isin(uncertain)].reset_index(drop=True), truth, view)
+
+
+def history_in_lake(settings, plans: dict[str, HistoryPlan]) -> dict[str, Counter] | None:
+    """Per topic, how many lake rows each history event_id has (None while the archiver moves a file)."""
+    found = {}
+    for topic, plan in plans.items():
+        wanted = {event["event_id"] for event in history_events(plan)}
+        ids: list[str] = []
+        for path in sorted(raw_dir(settings.lake_dir, topic).glob("date=*/*.parquet")):
+            if path.name.startswith((".", "_")):
+                continue  # the archiver's temporary files
+            try:
+                ids += pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist()
+            except FileNotFoundError:
+                return None
+        found[topic] = Counter(event_id for event_id in ids if event_id in wanted)
+    return found
+
+
+def wait_for_banner(stack: subprocess.Popen, log_path: Path, timeout_s: float = 180) -> None:
+    """Until `up` printed its banner: a SIGINT before it may not stop `up`."""
+    deadline = time.monotonic() + timeout_s
+    while "lambdaflow is up" not in log_path.read_text():
+        assert stack.poll() is None, log_path.read_text()[-4000:]
+        assert time.monotonic() < deadline, "no banner from `lambdaflow up`"
+        time.sleep(1)
+
+
+def stop_up(stack: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Ctrl-C `up`; kill what is left of it if it overstays."""
+    children = psutil.Process(stack.pid).children(recursive=True)
+    stack.send_signal(signal.SIGINT)
+    try:
+        stack.wait(timeout=timeout_s)
+    finally:
+        for process in [*children, psutil.Process(stack.pid)] if stack.poll() is None else children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def test_up_on_a_fresh_data_directory_sends_the_history_once(tmp_path):
+    """The first `up` sends a day of history through the demo producers, with their fault mix, before their
+    live events (the lake holds each valid history record once), and the DAG starts on that day (paused, as
+    LAMBDAFLOW_DEMO_DAG_UNPAUSED=false asks); a second `up` on the same directory says the history was sent
+    and sends none of it again."""
+    env = {**stack_env(tmp_path), "LAMBDAFLOW_DEMO_HISTORY_DAYS": "1", "LAMBDAFLOW_DEMO_HISTORY_SECONDS": "5",
+           "LAMBDAFLOW_DEMO_DAG_UNPAUSED": "false"}  # fmt: skip
+    settings = load_settings(data_dir=tmp_path)
+    today = datetime.now(UTC).date()
+    plans = {
+        settings.topic_iot: plan_history("iot", today, 1),
+        settings.topic_activity: plan_history("activity", today, 1),
+    }
+    faults = Faults(**DEMO_FAULTS, watermark=timedelta(seconds=settings.watermark_seconds))
+    expected = {}
+    for topic, plan in plans.items():
+        records, _ = history_records(plan, faults)
+        contract = settings.topic_contracts[topic]
+        now = datetime.now(UTC)
+        expected[topic] = Counter(json.loads(value)["event_id"] for _, value in records
+                                  if is_valid(contract, value, now))  # fmt: skip
+    command = [*LAMBDAFLOW, "up", "--iot-rate", "5", "--activity-rate", "5"]
+    outputs, archived_before = [], 0
+    for attempt in ("first", "second"):
+        log_path = tmp_path / f"up-{attempt}.log"
+        with log_path.open("w") as log:
+            stack = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_banner(stack, log_path)
+            deadline = time.monotonic() + 240
+            while history_in_lake(settings, plans) != expected or archived_valid(tmp_path) <= archived_before:
+                assert stack.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, f"{attempt} up: history or live events not in the lake"
+                time.sleep(2)
+            if attempt == "first":
+                markers = {topic: read_marker(tmp_path, topic) for topic in plans}
+                airflow_answers(int(env["LAMBDAFLOW_AIRFLOW_PORT"]))
+                dag = airflow_get(
+                    int(env["LAMBDAFLOW_AIRFLOW_PORT"]), "/api/v2/dags/lambdaflow_batch/details"
+                )
+                assert dag["is_paused"] is True and dag["start_date"].startswith(
+                    str(plans[settings.topic_iot].first_day)
+                )
+            # a producer sends its history before its live events: a history sent again would be in the
+            # lake before this run's live events
+            archived_before = archived_valid(tmp_path)
+        finally:
+            stop_up(stack)
+        outputs.append(log_path.read_text())
+    first, second = outputs
+    day = plans[settings.topic_iot].first_day
+    assert (
+        f"1 day of history ({day} … {day}): publishing {sum(p.events for p in plans.values()):,} events"
+        in first
+    )
+    assert f"history {day} … {day}: iot_sensors: sent" in first
+    # the second start passes no history to the producers: none sends it or says it is sending it
+    assert "sent by an earlier start" in second and "--history-days" not in second
+    assert f"history {day}" not in second and ": publishing" not in second
+    assert {topic: read_marker(tmp_path, topic) for topic in plans} == markers
+    assert all(
+        marker.first_day == day and marker.records > plans[topic].events for topic, marker in markers.items()
+    )
+    assert history_in_lake(settings, plans) == expected
+    assert (tmp_path / "airflow").is_dir()
+
+
+def archived_valid(data_dir) -> int:
+    """How many valid records the archiver has landed in the lake, on both topics."""
+    path = data_dir / "status" / "archiver.json"
+    if not path.exists():
+        return 0
+    return sum(topic["valid"] for topic in json.loads(path.read_text())["topics"].values())
+
+
+def airflow_get(port: int, path: str) -> dict:
+    base = f"http://127.0.0.1:{port}"
+    credentials = json.dumps({"username": "admin", "password": "airflow-test-password"}).encode()
+    login = urllib.request.Request(f"{base}/auth/token", method="POST", data=credentials,
+                                   headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(login, timeout=10) as response:
+        token = json.loads(response.read())["access_token"]
+    status, body = get(base + path, token)
+    assert status == 200, body
+    return body
