@@ -12,7 +12,8 @@ import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def wait_for_runs(api: AirflowApi, days: list[date], run_type: str | None, timeo
         time.sleep(5)
 
 
+@contextmanager
+def failure_screenshot(page: Page, path: Path) -> Iterator[None]:
+    """What the browser showed when a step failed."""
+    try:
+        yield
+    except BaseException:
+        page.screenshot(path=path, full_page=True)
+        raise
+
+
 def log_in_to_airflow(page: Page, base: str, password: str) -> None:
     page.goto(base + "/")
     page.get_by_role("textbox", name=re.compile("username", re.I)).fill("admin")
@@ -154,7 +165,9 @@ def test_the_demo_from_up_to_a_backfill_in_the_airflow_ui_and_the_dashboard(tmp_
         password = banner_value(banner, "user admin, password")
         token = banner_value(banner, "API token (Bearer)")
         api = AirflowApi(airflow, password)
-        wait_for_runs(api, days, "scheduled", CATCH_UP_TIMEOUT_S, poll=first_published_day)
+        catch_up = wait_for_runs(api, days, "scheduled", CATCH_UP_TIMEOUT_S, poll=first_published_day)
+        # the runs list shows each run's id and "run after" (its interval's end), not its logical date
+        run_ids = {date.fromisoformat(run["logical_date"][:10]): run["dag_run_id"] for run in catch_up}
         print(f"catch-up of {HISTORY_DAYS} days done {time.monotonic() - started:.0f} s after `up` started")
 
         with sync_playwright() as playwright:
@@ -163,55 +176,54 @@ def test_the_demo_from_up_to_a_backfill_in_the_airflow_ui_and_the_dashboard(tmp_
                 viewport={"width": 1400, "height": 1000}, timezone_id="UTC",
             )  # fmt: skip
             page = context.new_page()
-            log_in_to_airflow(page, airflow, password)
+            with failure_screenshot(page, ARTIFACTS / "demo-failure.png"):
+                log_in_to_airflow(page, airflow, password)
 
-            page.goto(airflow + "/dags/lambdaflow_batch/runs")
-            rows = page.locator("table tbody tr")
-            for day in days:
-                row = rows.filter(has_text=day.isoformat())
-                expect(row.first).to_be_visible(timeout=30_000)
-                expect(row.filter(has_text="success").first).to_be_visible()
-            page.screenshot(path=shots["airflow-runs"], full_page=True)
+                page.goto(airflow + "/dags/lambdaflow_batch/runs")
+                rows = page.locator("table tbody tr")
+                for day in days:
+                    row = rows.filter(has_text=run_ids[day])
+                    expect(row.first).to_be_visible(timeout=30_000)
+                    expect(row.first).to_contain_text("Success")
+                page.screenshot(path=shots["airflow-runs"], full_page=True)
 
-            page.goto(airflow + "/dags/lambdaflow_batch")
-            page.get_by_role("button", name="Trigger Dag").click()
-            page.locator("label").filter(has_text="Backfill").first.click()
-            dates = page.locator('input[type="datetime-local"]')
-            for index in (0, 1):  # from and to: the one day's run (its logical date is the day's start)
-                dates.nth(index).fill(f"{backfilled}T00:00")
-                dates.nth(index).dispatch_event("change")
-            page.locator("label").filter(has_text="All Runs").first.click()  # reprocess completed runs too
-            expect(page.get_by_text(re.compile(r"1 run will be triggered"))).to_be_visible(timeout=30_000)
-            page.screenshot(path=shots["airflow-backfill"])
-            before = datetime.now(UTC).isoformat()
-            with page.expect_response(
-                lambda r: r.url.endswith("/backfills") and r.request.method == "POST"
-            ) as made:
-                page.get_by_role("button", name="Run Backfill").click()
-            assert made.value.ok, made.value.text()
-            backfill = made.value.json()
-            assert (backfill["reprocess_behavior"], backfill["from_date"][:10]) == (
-                "completed",
-                str(backfilled),
-            )
-            wait_for_backfill(api, backfill["id"], BACKFILL_TIMEOUT_S)
-            # a reprocessed run is the day's run, cleared and run again (whatever its run type)
-            wait_for_runs(api, [backfilled], None, 60, after=before)
-            page.goto(airflow + "/dags/lambdaflow_batch/backfills")
-            expect(page.locator("table tbody tr").first).to_be_visible(timeout=30_000)
+                page.goto(airflow + "/dags/lambdaflow_batch")
+                page.get_by_role("button", name="Trigger Dag").click()
+                page.locator("label").filter(has_text="Backfill").first.click()
+                dates = page.locator('input[type="datetime-local"]')
+                for index in (0, 1):  # from and to: the one day's run (its logical date is the day's start)
+                    dates.nth(index).fill(f"{backfilled}T00:00")
+                    dates.nth(index).dispatch_event("change")
+                # reprocess behaviour "All Runs" (completed): the day's successful run runs again
+                page.locator("label").filter(has_text="All Runs").first.click()
+                expect(page.get_by_text(re.compile(r"1 run will be triggered"))).to_be_visible(timeout=30_000)
+                page.screenshot(path=shots["airflow-backfill"])
+                before = datetime.now(UTC).isoformat()
+                created = lambda r: r.url.endswith("/backfills") and r.request.method == "POST"  # noqa: E731
+                with page.expect_response(created) as made:
+                    page.get_by_role("button", name="Run Backfill").click()
+                assert made.value.ok, made.value.text()
+                backfill = made.value.json()
+                assert backfill["reprocess_behavior"] == "completed", backfill
+                assert backfill["from_date"][:10] == backfill["to_date"][:10] == str(backfilled), backfill
+                wait_for_backfill(api, backfill["id"], BACKFILL_TIMEOUT_S)
+                # a reprocessed run is the day's run, cleared and run again (whatever its run type)
+                wait_for_runs(api, [backfilled], None, 60, after=before)
+                page.goto(airflow + "/dags/lambdaflow_batch/backfills")
+                expect(page.locator("table tbody tr").first).to_be_visible(timeout=30_000)
 
-            page.goto(dashboard + "/")
-            log_in(page, token)
-            expect(page.locator("#login")).to_be_hidden()
-            wait_for_data(page)
-            expect(page.locator("#as-of")).to_contain_text(f"batch as of {today}")
-            quality = page.locator("#quality tbody tr").filter(has_text=backfilled.isoformat())
-            expect(quality.first).to_be_visible()
-            page.screenshot(path=shots["demo-dashboard"], full_page=True)
-            dom = page.content()
-            start, end = f"{backfilled}T00:00:00Z", f"{backfilled + timedelta(days=1)}T00:00:00Z"
-            answer = page.request.get(f"{dashboard}/api/v1/activity?from={start}&to={end}").json()
-            runs = page.request.get(f"{dashboard}/api/v1/quality?days={HISTORY_DAYS}").json()["runs"]
+                page.goto(dashboard + "/")
+                log_in(page, token)
+                expect(page.locator("#login")).to_be_hidden()
+                wait_for_data(page)
+                expect(page.locator("#as-of")).to_contain_text(f"batch as of {today}")
+                quality = page.locator("#quality tbody tr").filter(has_text=backfilled.isoformat())
+                expect(quality.first).to_be_visible()
+                page.screenshot(path=shots["demo-dashboard"], full_page=True)
+                dom = page.content()
+                start, end = f"{backfilled}T00:00:00Z", f"{backfilled + timedelta(days=1)}T00:00:00Z"
+                answer = page.request.get(f"{dashboard}/api/v1/activity?from={start}&to={end}").json()
+                runs = page.request.get(f"{dashboard}/api/v1/quality?days={HISTORY_DAYS}").json()["runs"]
             context.close()
     finally:
         stop_up(stack)
