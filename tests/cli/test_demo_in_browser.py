@@ -190,10 +190,16 @@ def test_the_demo_from_up_to_a_backfill_in_the_airflow_ui_and_the_dashboard(tmp_
                 page.goto(airflow + "/dags/lambdaflow_batch")
                 page.get_by_role("button", name="Trigger Dag").click()
                 page.locator("label").filter(has_text="Backfill").first.click()
-                dates = page.locator('input[type="datetime-local"]')
-                for index in (0, 1):  # from and to: the one day's run (its logical date is the day's start)
-                    dates.nth(index).fill(f"{backfilled}T00:00")
-                    dates.nth(index).dispatch_event("change")
+                # From and To: each a date-time picker whose popover has a date and a time field; both are the
+                # day's start, the logical date of the day's one run
+                pickers = page.get_by_test_id("datetime-input")
+                for index in (0, 1):
+                    pickers.nth(index).click()
+                    page.get_by_placeholder("YYYY/MM/DD").fill(f"{backfilled:%Y/%m/%d}")
+                    page.get_by_placeholder("HH:mm").fill("00:00")
+                    page.get_by_text(
+                        "Date Range"
+                    ).click()  # closes the popover (Escape would close the dialog)
                 # reprocess behaviour "All Runs" (completed): the day's successful run runs again
                 page.locator("label").filter(has_text="All Runs").first.click()
                 expect(page.get_by_text(re.compile(r"1 run will be triggered"))).to_be_visible(timeout=30_000)
