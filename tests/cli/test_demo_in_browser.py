@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.cli.test_stack import get, stack_env, stop_up
+from tests.cli.test_stack import get, stack_env, stop_up, wait_for_banner
 from tests.conftest import LAMBDAFLOW, ROOT
 from tests.serving.test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, log_in, wait_for_data
 
@@ -39,16 +39,6 @@ def banner_value(output: str, name: str) -> str:
     match = re.search(rf"^\s+{re.escape(name)}\s+(\S+)\s+\(generated now", output, re.MULTILINE)
     assert match, f"the banner printed no {name!r}: {output[-3000:]}"
     return match.group(1)
-
-
-def wait_for_banner(stack: subprocess.Popen, log_path: Path) -> str:
-    deadline = time.monotonic() + 180
-    while "lambdaflow is up" not in (output := log_path.read_text()):
-        assert stack.poll() is None, output[-4000:]
-        assert time.monotonic() < deadline, "no banner from `lambdaflow up`"
-        time.sleep(1)
-    time.sleep(1)  # the banner's rows follow its first line
-    return log_path.read_text()
 
 
 class AirflowApi:
@@ -119,6 +109,7 @@ def log_in_to_airflow(page: Page, base: str, password: str) -> None:
     page.wait_for_url(lambda url: "/login" not in url, timeout=30_000)
 
 
+@pytest.mark.timeout(CATCH_UP_TIMEOUT_S + BACKFILL_TIMEOUT_S + 600)
 def test_the_demo_from_up_to_a_backfill_in_the_airflow_ui_and_the_dashboard(tmp_path):
     env = stack_env(tmp_path)
     del env["LAMBDAFLOW_AIRFLOW_PASSWORD"]  # generated and printed, as for a new user
@@ -159,7 +150,9 @@ def test_the_demo_from_up_to_a_backfill_in_the_airflow_ui_and_the_dashboard(tmp_
             print(f"first day published {published[0]:.0f} s after `lambdaflow up` started")
 
     try:
-        banner = wait_for_banner(stack, log_path)
+        wait_for_banner(stack, log_path)
+        time.sleep(1)  # the banner's rows follow its first line
+        banner = log_path.read_text()
         assert f"{HISTORY_DAYS} days of history ({days[0]} … {days[-1]}): publishing" in banner
         assert "unpaused: catch-up runs each past day" in banner
         password = banner_value(banner, "user admin, password")
