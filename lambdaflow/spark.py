@@ -178,14 +178,17 @@ def spark_session(
     `config`: more Spark settings, over these."""
     prepare_environment()
     derby_home = f"-Dderby.system.home={settings.data_dir.resolve()}"
+    # A cluster's executors connect back to the driver: in a container, SPARK_LOCAL_HOSTNAME names the
+    # driver's host on the cluster's network (docker-compose.yaml sets it); on one machine, loopback.
+    driver_host = os.environ.get("SPARK_LOCAL_HOSTNAME") or "127.0.0.1"
     if class_sharing is None:
         class_sharing = archive_java_options()
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
         .config("spark.driver.memory", driver_memory or settings.spark_driver_memory)
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", driver_host)
+        .config("spark.driver.bindAddress", driver_host)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
