@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: venv browser run reset test test-fast chaos bench lint format lock compose-check clean
+.PHONY: venv browser azurite run reset test test-fast chaos bench lint format lock compose-check clean
 
 venv: $(STAMP) $(SPARK_JAR) $(SPARK_CLASSES)
 
@@ -50,7 +50,15 @@ browser:
 		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
 		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)))
 
-test: venv browser
+# Azurite, the Azure Storage emulator the lake's Azure copy is tested and benchmarked against, from npm into
+# .cache/azurite (Node.js from the machine; no global install).
+AZURITE_VERSION := 3.37.0
+AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
+$(AZURITE):
+	npm install --prefix .cache/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+
+test: venv browser azurite
 	$(BIN)/pytest
 
 test-fast: venv
@@ -61,7 +69,7 @@ test-fast: venv
 chaos: venv
 	$(BIN)/pytest -m chaos -s tests/chaos
 
-bench: venv
+bench: venv azurite
 	$(BIN)/python -m benchmarks
 
 lint: venv

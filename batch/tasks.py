@@ -45,3 +45,22 @@ def publish(ds: str) -> str:
     from batch.publish import publish_batch_day
 
     return publish_batch_day(load_settings(), date.fromisoformat(ds)).isoformat()
+
+
+def export_to_azure(ds: str) -> dict[str, int]:
+    """Copy day `ds` of the lake, its views and the Data Docs to Azure Blob Storage (`batch.lake_backup`).
+    Without the Airflow connection the task is skipped, not failed: the copy is optional; a refused or
+    failed upload fails the task, which retries and sends only what is still missing."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from batch.lake_backup import export_day
+    from lambdaflow.azure_blob import connection_configured
+
+    settings = load_settings()
+    if not connection_configured(settings.azure_conn_id):
+        message = (f"no Airflow connection {settings.azure_conn_id!r} (AIRFLOW_CONN_"
+                   f"{settings.azure_conn_id.upper()}): the lake is not copied to Azure")  # fmt: skip
+        log.info("skipped: %s", message)
+        raise AirflowSkipException(message)
+    transfer = export_day(settings, date.fromisoformat(ds))
+    return {"files": transfer.files, "uploaded": transfer.sent, "uploaded_bytes": transfer.sent_bytes}

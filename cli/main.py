@@ -42,6 +42,8 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.CRITICAL)
     # Alembic logs its plugins as it is imported (store migrations); lambdaflow.migrations says what changed
     logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Airflow logs its configuration as `export`/`restore` load its Azure provider for the connection
+    logging.getLogger("airflow").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -523,6 +525,35 @@ def batch_day(day: datetime, publish: bool, force: bool) -> None:
     if publish:
         horizon = publish_batch_day(settings, day.date(), force=force)
         click.echo(f"published {result.day}; horizon {horizon:%Y-%m-%d %H:%M} UTC", err=True)
+
+
+@cli.command("export")
+@click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="The UTC day to copy (YYYY-MM-DD).")  # fmt: skip
+def export_day(day: datetime) -> None:
+    """Copy a day's raw partitions, quarantine, views and the Data Docs to Azure Blob Storage (the Airflow
+    connection LAMBDAFLOW_AZURE_CONN_ID, container LAMBDAFLOW_AZURE_CONTAINER), its manifest last; files
+    already there with the same MD5 are not sent again."""
+    from batch.lake_backup import export_day as export
+
+    settings = _settings()
+    _check_in_lake(day.date(), settings, "--date")
+    click.echo(export(settings, day.date()).summary("exported"), err=True)
+
+
+@cli.command("restore")
+@click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="The UTC day to restore (YYYY-MM-DD).")  # fmt: skip
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path),
+              help="The data directory to restore into [default: LAMBDAFLOW_DATA_DIR].")  # fmt: skip
+def restore_day(day: datetime, to: Path | None) -> None:
+    """Download a day's raw partitions and quarantine from Azure Blob Storage by its manifest, checking every
+    MD5, into a lake; then `lambdaflow batch --date D` recomputes its views."""
+    from batch.lake_backup import restore_day as restore
+
+    settings = _settings()
+    _check_in_lake(day.date(), settings, "--date")
+    click.echo(restore(settings, day.date(), to).summary("restored"), err=True)
 
 
 @cli.command()

@@ -1,4 +1,5 @@
-"""The daily batch recomputation: wait for the lake, gate, recompute, gate, reconcile, publish, Data Docs.
+"""The daily batch recomputation: wait for the lake, gate, recompute, gate, reconcile, publish, Data Docs,
+and the day's copy in Azure Blob Storage (skipped without its Airflow connection).
 
 The run for day D covers the data interval [D, D+1) UTC; its tasks key on the logical date D. A failed
 gate fails the run before publishing (each gate's checkpoint has already updated the Data Docs). Backfill
@@ -51,5 +52,15 @@ with DAG(
     reconcile = PythonOperator(task_id="reconcile", python_callable=quality_tasks.reconcile)
     publish = PythonOperator(task_id="publish", python_callable=batch_tasks.publish)
     build_data_docs = PythonOperator(task_id="build_data_docs", python_callable=quality_tasks.build_data_docs)
+    export_to_azure = PythonOperator(task_id="export_to_azure", python_callable=batch_tasks.export_to_azure)
 
-    wait_for_lake >> validate_raw >> recompute >> validate_views >> reconcile >> publish >> build_data_docs
+    (
+        wait_for_lake
+        >> validate_raw
+        >> recompute
+        >> validate_views
+        >> reconcile
+        >> publish
+        >> build_data_docs
+        >> export_to_azure
+    )

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     quality_min_rows: int = Field(1, ge=0)  # a raw day's expected row-count band
     quality_max_rows: int = Field(100_000_000, ge=1)
     reconcile_max_mismatch: float = Field(0.05, ge=0, le=1)  # share of windows whose counts may differ
+    # the lake's copy in Azure Blob Storage: an Airflow `wasb` connection (AIRFLOW_CONN_<ID>, never the repo)
+    azure_conn_id: str = Field("lambdaflow_azure", pattern=r"^[A-Za-z0-9_]+$")
+    azure_container: str = Field("lambdaflow", pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
     serve_host: str = "127.0.0.1"  # the HTTP API and dashboard (`lambdaflow serve`)
     serve_port: int = Field(8000, ge=1, le=65535)

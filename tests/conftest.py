@@ -99,6 +99,15 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    """Azurite's Blob service for the session (tests/azurite.py); each test uses its own container."""
+    from tests.azurite import running_azurite
+
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL on 127.0.0.1 (trust auth, its own data directory), for the session."""
     import getpass

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,11 @@ AIRFLOW = str(ROOT / ".venv" / "bin" / "airflow")
 
 
 @pytest.fixture
-def airflow_env(settings, tmp_path) -> dict[str, str]:
-    """The environment of an `airflow` command for this test: its own metadata database (SQLite, migrated)
-    and the test's lambdaflow settings."""
+def airflow_env(settings, tmp_path, azurite) -> dict[str, str]:
+    """The environment of an `airflow` command for this test: its own metadata database (SQLite, migrated),
+    the test's lambdaflow settings, and the lake's Azure copy going to its own container on Azurite."""
     env = {**settings_env(settings), **AIRFLOW_ENV, "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    env.update(azurite.env(settings.azure_conn_id), LAMBDAFLOW_AZURE_CONTAINER=f"dag-{uuid.uuid4().hex[:12]}")
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
     env["LAMBDAFLOW_BATCH_RETRIES"] = "0"  # a failure fails the test at once, not after the backoff
     airflow(["db", "migrate"], env)

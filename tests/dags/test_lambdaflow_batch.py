@@ -1,6 +1,6 @@
 """The batch DAG: it imports cleanly with the expected graph, and `airflow dags test` over a lake built by
-the real archiver publishes rows equal to the ground truth; a corrupt day fails the raw gate and publishes
-nothing."""
+the real archiver publishes rows equal to the ground truth and copies the day to Azurite (blobs equal to the
+lake's files, the manifest last); a corrupt day fails the raw gate and publishes nothing."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.conftest import run_cli, settings_env
 from tests.dags.conftest import airflow
 
 CHAIN = ["wait_for_lake", "validate_raw", "recompute", "validate_views", "reconcile", "publish",
-         "build_data_docs"]  # fmt: skip
+         "build_data_docs", "export_to_azure"]  # fmt: skip
 
 
 def test_dagbag_imports_without_errors_and_has_the_task_chain():
@@ -68,6 +68,7 @@ def test_airflow_dags_test_publishes_the_ground_truth_and_a_corrupt_day_publishe
     suites = {"raw_iot_sensors", "raw_user_activity", *(f"view_{name}" for name in VIEWS), "reconcile"}
     assert sorted(run["suite"] for run in runs) == sorted(suites) and all(run["success"] for run in runs)
     published = dump(engine)
+    assert_exported(settings, airflow_env, day)
 
     # 5 % impossible temperatures written straight into day D's lake: the raw gate stops the run
     import pyarrow as pa
@@ -95,3 +96,34 @@ def test_airflow_dags_test_publishes_the_ground_truth_and_a_corrupt_day_publishe
     assert not raw_gate["success"]
     page = (data_docs_dir(settings) / raw_gate["link"]).read_text()
     assert "temperature" in page and "-273" in page
+
+
+def assert_exported(settings, airflow_env, day) -> None:
+    """The container holds the day's lake files, its views and Data Docs with their MD5s, and the manifest."""
+    import base64
+    import hashlib
+
+    from azure.storage.blob import BlobServiceClient
+
+    from batch.lake_backup import manifest_name
+
+    extra = __import__("json").loads(airflow_env[f"AIRFLOW_CONN_{settings.azure_conn_id.upper()}"])["extra"]
+    container = BlobServiceClient.from_connection_string(extra["connection_string"]).get_container_client(
+        airflow_env["LAMBDAFLOW_AZURE_CONTAINER"]
+    )
+    blobs = {blob.name: blob for blob in container.list_blobs()}
+    data_dir = settings.data_dir.resolve()
+    local = [
+        path
+        for path in (
+            *data_dir.glob(f"lake/*/*/date={day}/*"),
+            *(data_dir / "quality" / "data_docs").rglob("*"),
+        )
+        if path.is_file() and not path.name.startswith((".", "_"))
+    ]
+    assert any("/raw/" in str(p) for p in local) and any("/views/" in str(p) for p in local)
+    assert set(blobs) == {*(p.relative_to(data_dir).as_posix() for p in local), manifest_name(day)}
+    for path in local:
+        blob = blobs[path.relative_to(data_dir).as_posix()]
+        md5 = base64.b64encode(hashlib.md5(path.read_bytes(), usedforsecurity=False).digest())
+        assert (blob.size, base64.b64encode(blob.content_settings.content_md5)) == (path.stat().st_size, md5)

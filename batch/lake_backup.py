@@ -1,0 +1,195 @@
+"""The lake's copy in Azure Blob Storage: export a day after it is published, restore it from there.
+
+The master dataset lives on one disk; everything else (the speed layer, the store, the views) can be
+recomputed from it, so it is what must survive losing the machine. A day's export holds its raw partitions
+of every topic, its quarantine, its recomputed views and the Data Docs pages, under the blob names of the
+data directory's layout (`lake/raw/<topic>/date=D/part-….parquet`, …, `quality/data_docs/…`). The day's
+manifest, `manifests/date=D/_manifest.json` (every file's name, bytes, rows and MD5), is uploaded last, and
+removed first when the day's content changed: a day without a manifest is incomplete. A blob already there
+with the same MD5 is not uploaded again, so re-running an export, or finishing a cut one, sends only what is
+missing. Restore downloads a day's raw partitions and quarantine by its manifest and checks every MD5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from lambdaflow.azure_blob import (
+    MAX_CONCURRENCY,
+    BlobContainer,
+    BlobStorageError,
+    bytes_md5,
+    file_md5,
+    temporary_name,
+    walk_files,
+)
+from lambdaflow.lake import day_dir
+from lambdaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTORED = ("lake/raw/", "lake/quarantine/")  # the master dataset: what a recompute needs
+DATA_DOCS = "quality/data_docs"
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    name: str  # the blob's name: the file's path under the data directory
+    bytes: int
+    rows: int | None  # Parquet files only
+    md5: str  # base64, as Azure's Content-MD5
+
+
+@dataclass(frozen=True)
+class Transfer:
+    day: date
+    files: int  # in the day's manifest
+    sent: int  # uploaded or downloaded by this run
+    sent_bytes: int
+    seconds: float = 0.0
+
+    def summary(self, verb: str) -> str:
+        return (f"{verb} {self.day}: {self.sent} of {self.files} files ({self.sent_bytes / 1e6:,.1f} MB); "
+                f"{self.files - self.sent} already there")  # fmt: skip
+
+
+def manifest_name(day: date) -> str:
+    return f"manifests/date={day.isoformat()}/_manifest.json"
+
+
+def open_container(settings: Settings) -> BlobContainer:
+    return BlobContainer(settings.azure_conn_id, settings.azure_container)
+
+
+def day_files(settings: Settings, day: date) -> dict[str, Path]:
+    """The files a day's export holds, by blob name: raw and quarantine of every topic, every view's day,
+    and the Data Docs site."""
+    data_dir = settings.data_dir.resolve()
+    found: dict[str, Path] = {}
+    for area in ("raw", "quarantine", "views"):
+        base = settings.lake_dir / area
+        for folder in sorted(base.iterdir()) if base.is_dir() else ():
+            for path in walk_files(day_dir(folder, day)):
+                found[path.relative_to(data_dir).as_posix()] = path
+    for path in walk_files(data_dir / DATA_DOCS):
+        found[path.relative_to(data_dir).as_posix()] = path
+    return found
+
+
+def _describe(name: str, path: Path) -> ManifestFile:
+    rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else None
+    return ManifestFile(name, path.stat().st_size, rows, file_md5(path))
+
+
+def manifest_bytes(day: date, files: list[ManifestFile]) -> bytes:
+    """The manifest's content: a function of the files alone, so an unchanged day has an unchanged MD5."""
+    body = {
+        "day": day.isoformat(),
+        "files": [vars(file) for file in sorted(files, key=lambda file: file.name)],
+        "total_bytes": sum(file.bytes for file in files),
+        "total_rows": sum(file.rows or 0 for file in files if file.name.startswith(RESTORED)),
+    }
+    return json.dumps(body, indent=1).encode()
+
+
+def _day_prefixes(names: list[str], day: date) -> set[str]:
+    """The day's folders among the blob names (`lake/<area>/<name>/date=D/`)."""
+    marker = f"/date={day.isoformat()}/"
+    return {name[: name.index(marker) + len(marker)] for name in names if marker in name}
+
+
+def export_day(settings: Settings, day: date, container: BlobContainer | None = None) -> Transfer:
+    """Upload day `day` (see the module's docstring); raise `BlobStorageError` (one line) on a refusal."""
+    import time
+
+    started = time.monotonic()
+    container = container or open_container(settings)
+    local = day_files(settings, day)
+    if not any(name.startswith(RESTORED) for name in local):
+        raise ValueError(f"the lake holds no raw events or quarantine for {day} under {settings.lake_dir}")
+    container.create_if_missing()
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:  # MD5s and row counts read many small files
+        files = list(pool.map(lambda item: _describe(*item), local.items()))
+    manifest = manifest_bytes(day, files)
+
+    remote = {}
+    for prefix in [*sorted(_day_prefixes(list(local), day)), DATA_DOCS + "/", manifest_name(day)]:
+        remote.update(container.list(prefix))
+    old_manifest = remote.get(manifest_name(day))
+    if old_manifest is not None and old_manifest.md5 != bytes_md5(manifest):
+        container.delete(manifest_name(day))  # the day is incomplete until its new manifest is up
+    missing = [file for file in files if remote.get(file.name) is None or remote[file.name].md5 != file.md5]
+    # one file's blocks are sent MAX_CONCURRENCY at a time; so are small files, which are one request each
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
+        for _ in pool.map(lambda file: container.upload_file(local[file.name], file.name, file.md5), missing):
+            pass
+    stale = [name for name in remote if name not in local and f"/date={day.isoformat()}/" in name
+             and name.startswith("lake/")]  # fmt: skip
+    for name in stale:  # files of an earlier recompute of the day (Spark names its parts afresh)
+        container.delete(name)
+    if old_manifest is None or old_manifest.md5 != bytes_md5(manifest):
+        container.upload_bytes(manifest, manifest_name(day))
+    sent_bytes = sum(file.bytes for file in missing)
+    transfer = Transfer(day, len(files), len(missing), sent_bytes, time.monotonic() - started)
+    log.info("%s to container %r", transfer.summary("exported"), container.name)
+    return transfer
+
+
+def read_manifest(container: BlobContainer, day: date) -> list[ManifestFile]:
+    data = container.read_bytes(manifest_name(day))
+    if data is None:
+        raise BlobStorageError(
+            f"container {container.name!r} has no {manifest_name(day)}: {day} was never exported completely"
+        )
+    return [ManifestFile(**file) for file in json.loads(data)["files"]]
+
+
+def restore_day(settings: Settings, day: date, data_dir: Path | None = None,
+                container: BlobContainer | None = None) -> Transfer:  # fmt: skip
+    """Download day `day`'s raw partitions and quarantine into `<data_dir>/lake/` (default: the configured
+    data directory), checking each file's MD5 against the manifest. A file already there with the manifest's
+    MD5 is kept; one with other content is refused, not replaced."""
+    import time
+
+    started = time.monotonic()
+    container = container or open_container(settings)
+    target_dir = (data_dir or settings.data_dir).resolve()
+    wanted = [file for file in read_manifest(container, day) if file.name.startswith(RESTORED)]
+    missing = []
+    for file in wanted:
+        path = target_dir / file.name
+        if path.exists():
+            if file_md5(path) != file.md5:
+                raise BlobStorageError(f"{path} exists with content other than {file.name} of the manifest; "
+                                       "restore into another data directory (--to)")  # fmt: skip
+            continue
+        missing.append(file)
+
+    def download(file: ManifestFile) -> None:
+        path = target_dir / file.name
+        temporary = temporary_name(path)
+        try:
+            md5 = container.download_file(file.name, temporary)
+            if md5 != file.md5:
+                raise BlobStorageError(f"{file.name}: downloaded MD5 {md5} differs from the manifest's "
+                                       f"{file.md5}; the file was not restored")  # fmt: skip
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
+        for _ in pool.map(download, missing):
+            pass
+    transfer = Transfer(
+        day, len(wanted), len(missing), sum(f.bytes for f in missing), time.monotonic() - started
+    )
+    log.info("%s into %s", transfer.summary("restored"), target_dir)
+    return transfer
