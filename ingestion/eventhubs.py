@@ -1,4 +1,5 @@
-"""Azure Event Hubs through its Kafka endpoint: the producer's connection profile.
+"""Azure Event Hubs through its Kafka endpoint: the producer's profile (the connection itself is the kernel's,
+`lambdaflow.kafka.event_hubs_connection`, which the archiver and the speed queries use too).
 
 With `EVENT_HUB_CONN_STR` (a namespace or hub connection string) and `EVENT_HUB_NAME` set, producers connect
 to `<namespace>.servicebus.windows.net:9093` over SASL_SSL with the PLAIN mechanism, user name
@@ -10,11 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
-from lambdaflow.kafka import KafkaConnection
-
-KAFKA_PORT = 9093
+from lambdaflow.kafka import KafkaConnection, event_hubs_connection, event_hubs_namespace
 
 
 @dataclass(frozen=True)
@@ -24,28 +22,11 @@ class EventHubProfile:
 
     @property
     def namespace_host(self) -> str:
-        parts = dict(
-            part.split("=", 1) for part in self.connection_string.strip().strip(";").split(";") if "=" in part
-        )
-        endpoint = parts.get("Endpoint", "")
-        host = urlparse(endpoint).hostname
-        if not host:
-            raise ValueError("EVENT_HUB_CONN_STR has no Endpoint=sb://<namespace>.servicebus.windows.net/")
-        if "SharedAccessKey" not in parts and "SharedAccessSignature" not in parts:
-            raise ValueError("EVENT_HUB_CONN_STR has no SharedAccessKey or SharedAccessSignature")
-        return host
+        return event_hubs_namespace(self.connection_string)
 
     def connection(self) -> KafkaConnection:
-        """The Event Hubs Kafka endpoint, with Event Hubs' recommended client timeouts."""
-        return KafkaConnection(
-            bootstrap_servers=f"{self.namespace_host}:{KAFKA_PORT}",
-            security_protocol="SASL_SSL",
-            sasl_mechanism="PLAIN",
-            sasl_username="$ConnectionString",
-            sasl_password=self.connection_string,
-            request_timeout_ms=60_000,
-            metadata_max_age_ms=180_000,
-        )
+        """The Event Hubs Kafka endpoint (the kernel's, which the consumers reach too)."""
+        return event_hubs_connection(self.connection_string)
 
     def __repr__(self) -> str:  # never print the secret
         return f"EventHubProfile(namespace={self.namespace_host!r}, hub_name={self.hub_name!r})"

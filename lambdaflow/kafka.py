@@ -5,13 +5,20 @@ source's offset bookkeeping), librdkafka (confluent-kafka: the source's reads an
 Spark source's `kafka.*` options, which carry the connection from the driver to its readers. Each names the
 same setting differently; `SETTINGS` below is the one table that translates them, so a connection made from
 the settings, from the source's options or from an Azure Event Hubs profile reaches every client alike.
+
+Azure Event Hubs: with `EVENT_HUB_CONN_STR` (a namespace connection string) set, the connection from the
+settings is the namespace's Kafka endpoint, `<namespace>.servicebus.windows.net:9093` over SASL_SSL with the
+PLAIN mechanism, user name `$ConnectionString` and the connection string as the password: the producers, the
+archiver, the speed queries and the alert producer all reach Event Hubs alike (each topic is an event hub).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from lambdaflow.settings import Settings
@@ -38,7 +45,11 @@ class KafkaConnection:
     max_partition_fetch_bytes: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaConnection:
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] = os.environ) -> KafkaConnection:
+        """The configured Kafka, or Azure Event Hubs' Kafka endpoint when `EVENT_HUB_CONN_STR` is set."""
+        event_hubs = environ.get(EVENT_HUBS_VARIABLE, "").strip()
+        if event_hubs:
+            return event_hubs_connection(event_hubs)
         password = settings.kafka_sasl_password
         return cls(
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -118,6 +129,36 @@ SETTINGS = (
     _Setting("fetch_max_bytes", "fetch_max_bytes", "fetch.max.bytes", int),
     _Setting("max_partition_fetch_bytes", "max_partition_fetch_bytes", "max.partition.fetch.bytes", int),
 )
+
+
+EVENT_HUBS_VARIABLE = "EVENT_HUB_CONN_STR"
+EVENT_HUBS_KAFKA_PORT = 9093
+
+
+def event_hubs_namespace(connection_string: str) -> str:
+    """The namespace host of an Event Hubs connection string; `ValueError` (one line) when it is not one."""
+    parts = dict(
+        part.split("=", 1) for part in connection_string.strip().strip(";").split(";") if "=" in part
+    )
+    host = urlparse(parts.get("Endpoint", "")).hostname
+    if not host:
+        raise ValueError(f"{EVENT_HUBS_VARIABLE} has no Endpoint=sb://<namespace>.servicebus.windows.net/")
+    if "SharedAccessKey" not in parts and "SharedAccessSignature" not in parts:
+        raise ValueError(f"{EVENT_HUBS_VARIABLE} has no SharedAccessKey or SharedAccessSignature")
+    return host
+
+
+def event_hubs_connection(connection_string: str) -> KafkaConnection:
+    """Event Hubs' Kafka endpoint for a connection string, with Event Hubs' recommended client timeouts."""
+    return KafkaConnection(
+        bootstrap_servers=f"{event_hubs_namespace(connection_string)}:{EVENT_HUBS_KAFKA_PORT}",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="$ConnectionString",
+        sasl_password=connection_string.strip(),
+        request_timeout_ms=60_000,
+        metadata_max_age_ms=180_000,
+    )
 
 
 def source_options(settings: Settings) -> dict[str, str]:

@@ -127,6 +127,51 @@ def test_the_connection_travels_through_the_source_options_unchanged():
     )
 
 
+def test_the_consumers_reach_event_hubs_through_the_settings_connection(monkeypatch):
+    """With EVENT_HUB_CONN_STR set, the connection every consumer is made from (the archiver's and the speed
+    queries' Spark source options, the driver's kafka-python client, the readers' librdkafka consumer, the
+    end-offset probe, the alert producer) is the Event Hubs profile the producers use."""
+    from lambdaflow.kafka_source import BrokerEndOffsets
+
+    monkeypatch.setenv("EVENT_HUB_CONN_STR", CONN)
+    settings = load_settings(kafka_bootstrap_servers="ignored:9092", fail_on_data_loss=True)
+    assert KafkaConnection.from_settings(settings) == EVENT_HUBS
+    options = source_options(settings)
+    assert options == {**EVENT_HUBS.source_options(), "failOnDataLoss": "true"}
+    assert client_config(options) == {
+        "bootstrap_servers": "ns.servicebus.windows.net:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "$ConnectionString",
+        "sasl_plain_password": CONN,
+        "request_timeout_ms": 60_000,
+        "metadata_max_age_ms": 180_000,
+    }
+    reader = rdkafka_config(client_config(options))
+    assert {key: reader[key] for key in ("bootstrap.servers", "security.protocol", "sasl.mechanism",
+                                         "sasl.username", "sasl.password")} == {
+        "bootstrap.servers": "ns.servicebus.windows.net:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "$ConnectionString",
+        "sasl.password": CONN,
+    }  # fmt: skip
+    assert BrokerEndOffsets(KafkaConnection.from_settings(settings)).config == EVENT_HUBS.kafka_python()
+    # and the producers' profile is the same connection
+    from ingestion.eventhubs import profile_from_env
+
+    assert profile_from_env({"EVENT_HUB_CONN_STR": CONN, "EVENT_HUB_NAME": "iot"}).connection() == EVENT_HUBS
+
+
+def test_without_event_hubs_the_settings_name_the_broker():
+    settings = load_settings(kafka_bootstrap_servers="b1:9092")
+    assert KafkaConnection.from_settings(settings, environ={"EVENT_HUB_CONN_STR": " "}).bootstrap_servers == (
+        "b1:9092"
+    )
+    with pytest.raises(ValueError, match="EVENT_HUB_CONN_STR has no Endpoint"):
+        KafkaConnection.from_settings(settings, environ={"EVENT_HUB_CONN_STR": "SharedAccessKey=x"})
+
+
 def test_source_option_names_are_case_insensitive_and_checked():
     connection = KafkaConnection.from_source_options(
         {"KAFKA.BOOTSTRAP.SERVERS": "h:1", "kafka.Fetch.Max.Bytes": "1024", "x": "y"}
