@@ -100,7 +100,10 @@ function drawChart(svg, series, horizon, bars) {
       const w = Math.max(1, ((width - pad.left - pad.right) / Math.max(sorted.length, 1)) * 0.8);
       for (const [t, v] of sorted) el("rect", { x: x(t.getTime()) - w / 2, y: y(v), width: w, height: y(v0) - y(v), fill: color }, svg);
     } else {
-      const d = sorted.map(([t, v], j) => (j ? "L" : "M") + x(t.getTime()).toFixed(1) + " " + y(v).toFixed(1)).join(" ");
+      // a line does not bridge hours without data (e.g. the night between the demo's history and its live events)
+      const steps = sorted.slice(1).map(([t], j) => t - sorted[j][0]).sort((a, b) => a - b);
+      const gap = Math.max(1800000, 10 * (steps[Math.floor(steps.length / 2)] || 0));
+      const d = sorted.map(([t, v], j) => (j && t - sorted[j - 1][0] <= gap ? "L" : "M") + x(t.getTime()).toFixed(1) + " " + y(v).toFixed(1)).join(" ");
       el("path", { d, fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name }, svg);
     }
   });

@@ -176,6 +176,17 @@ def test_dashboard_logs_in_and_renders_both_layers_in_headless_chromium(served, 
         expect(page.locator("#logout")).to_be_visible()
         page.screenshot(path=shot)
 
+        # a line joins consecutive 5-minute windows but not the hours between two runs of windows
+        gapped = page.evaluate(
+            """() => {
+                const svg = document.getElementById("temperature-chart").cloneNode();
+                const at = (minute) => new Date(Date.UTC(2026, 0, 1, 0, minute));
+                const points = [0, 5, 10, 15, 600, 605, 610].map((minute) => [at(minute), minute % 7]);
+                drawChart(svg, [{ name: "gapped", points }], null, false);
+                return svg.querySelector("path").getAttribute("d");
+            }"""
+        )
+        assert gapped.count("M") == 2 and gapped.count("L") == 5, gapped
         page.click("#logout")  # clears the cookie and reloads: the API answers 401 again
         expect(page.locator("#login")).to_be_visible()
         assert not [c for c in context.cookies() if c["name"] == TOKEN_COOKIE]
