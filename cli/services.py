@@ -66,7 +66,9 @@ def services(spark_master: str = COMPOSE_SPARK_MASTER) -> dict[str, Service]:
         "serve": Service("lambdaflow", ("serve",)),
         "airflow-init": Service("airflow", ("db", "migrate"), one_shot=True),
         "airflow-api-server": Service("airflow", ("api-server",)),
-        "airflow-scheduler": Service("airflow", ("scheduler",)),
+        # the scheduler runs the tasks (LocalExecutor) and writes their logs where the API server reads them
+        # (one AIRFLOW_HOME volume), so it serves no logs itself
+        "airflow-scheduler": Service("airflow", ("scheduler", "--skip-serve-logs")),
         "airflow-dag-processor": Service("airflow", ("dag-processor",)),
         "airflow-triggerer": Service("airflow", ("triggerer",)),
     }

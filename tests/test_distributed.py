@@ -7,87 +7,32 @@ jar shipped from the driver, the lake and the checkpoints written by executor pr
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
 
 from cli.services import BATCH_DAY, services
 from lambdaflow import store
-from lambdaflow.broker import free_port
 from lambdaflow.views import VIEWS
 from tests import ground_truth
 from tests.batch.test_recompute import assert_same, store_rows, topic_events
 from tests.conftest import ROOT, run_cli, settings_env
+from tests.spark_cluster import running_spark_cluster
+from tests.speed.test_stream_restart import KILL_SETTINGS, kill_9_mid_stream_then_restart
 from tests.speed.test_streams import compare, store_frame, topic_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"]
 COUNT = 4000
-WORKER_CORES = 2
-
-
-def _alive_workers(web_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/json/", timeout=2) as answer:
-            return int(json.load(answer).get("aliveworkers", 0))
-    except OSError:
-        return 0
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A standalone master and one worker (2 cores, 2 GiB) on 127.0.0.1; yields the master's URL. Where they
-    listen is environment, as in docker-compose.yaml, so their commands are the services' commands."""
-    base = tmp_path_factory.mktemp("spark-cluster")
-    port, web_port = free_port(), free_port()
-    url = f"spark://127.0.0.1:{port}"
-    commands = services(spark_master=url)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(base)}
-    master_env = {**env, "SPARK_MASTER_HOST": "127.0.0.1", "SPARK_MASTER_PORT": str(port),
-                  "SPARK_MASTER_WEBUI_PORT": str(web_port)}  # fmt: skip
-    # the executors' Python workers import the project (installed in the image; here from the checkout)
-    worker_env = {**env, "SPARK_WORKER_CORES": str(WORKER_CORES), "SPARK_WORKER_MEMORY": "2g",
-                  "SPARK_WORKER_WEBUI_PORT": str(free_port()), "SPARK_WORKER_DIR": str(base / "work"),
-                  "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}  # fmt: skip
-    started = []
-    try:
-        for name, service_env in (("spark-master", master_env), ("spark-worker", worker_env)):
-            with (base / f"{name}.log").open("w") as log:
-                command = commands[name].local_command()
-                process = subprocess.Popen(command, env=service_env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True)  # fmt: skip
-                started.append(process)
-        deadline = time.monotonic() + 120
-        while _alive_workers(web_port) < 1:
-            exited = [p.args for p in started if p.poll() is not None]
-            assert not exited and time.monotonic() < deadline, (
-                f"the Spark cluster did not come up (logs in {base}): {exited}"
-            )
-            time.sleep(0.5)
+    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as url:
         yield url
-    finally:
-        for process in reversed(started):
-            _stop(process)
 
 
 @pytest.fixture
@@ -100,7 +45,7 @@ def store_database(postgres_url: str) -> str:
 
 
 def test_stream_and_batch_on_a_standalone_cluster_equal_the_ground_truth(
-    spark_cluster, make_settings, store_database, tmp_path: Path
+    spark_cluster, make_settings, store_database
 ):
     settings = make_settings(store_url=store_database, max_records_per_trigger=1000)
     env = {**settings_env(settings), "LAMBDAFLOW_STORE_URL": store_database,
@@ -141,3 +86,14 @@ def test_stream_and_batch_on_a_standalone_cluster_equal_the_ground_truth(
         frame = events[view.contract]
         truth = ground_truth.VIEWS[name](ground_truth.clean_events(frame[frame["ts"].dt.date == day]))
         assert_same(store_rows(engine, store.BATCH_TABLES[name]), truth, list(view.keys))
+
+
+def test_kill_9_of_the_stream_on_the_cluster_then_a_restart_gives_the_ground_truth(
+    spark_cluster, make_settings, store_database
+):
+    """The driver killed with its JVM and Python workers mid-stream: the worker loses the application's
+    executors, and the restarted app resumes from the checkpoints the executors wrote."""
+    settings = make_settings(store_url=store_database, **KILL_SETTINGS)
+    env = {**settings_env(settings), "LAMBDAFLOW_STORE_URL": store_database,
+           "LAMBDAFLOW_SPARK_MASTER": spark_cluster}  # fmt: skip
+    kill_9_mid_stream_then_restart(settings, env)
