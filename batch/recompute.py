@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
 from lambdaflow.settings import Settings
 from lambdaflow.views import VIEWS, Parameters, View
-from lambdaflow.views.spark import SPARK_VIEWS, clean, dedupe_exact
+from lambdaflow.views.spark import SPARK_VIEWS, WindowInputs, clean, dedupe_exact
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,18 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
         computation = SPARK_VIEWS[carrier.name]
         assert computation.per_window is not None
         late = {LATE_EVENTS: is_late(settings)}
-        per_window = computation.per_window(events, parameters, late).cache()
+        finished = [view for view in views if _finished_from(view, carrier, parameters)]
+        inputs = functools.reduce(
+            operator.add,
+            (SPARK_VIEWS[view.name].inputs(parameters) for view in finished if SPARK_VIEWS[view.name].inputs),
+            WindowInputs(),
+        )
+        per_window = computation.per_window(events, parameters, late, inputs).cache()
         for view in views:
             finish = SPARK_VIEWS[view.name].finish
-            if view.name == carrier.name or view.batch_input == carrier.name:
+            if view in finished:
                 assert finish is not None
-                write(view.name, finish(per_window).drop(LATE_EVENTS))
+                write(view.name, finish(per_window, events, parameters).drop(LATE_EVENTS))
             else:
                 write(view.name, SPARK_VIEWS[view.name].build(events, parameters))
         if contract == "iot_sensors":
@@ -137,6 +144,14 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     write(LATE_EVENTS, functools.reduce(DataFrame.unionByName, late))
     log.info("batch %s recomputed in %.1f s", day, time.monotonic() - started)
     return DayResult(day, {name: rows[name] for name in OUTPUTS}, time.monotonic() - started)
+
+
+def _finished_from(view: View, carrier: View, parameters: Parameters) -> bool:
+    """Whether the batch layer finishes `view` from the carrier's per-window rows: the carrier itself, or a
+    view that declares it its input and whose windows are whole numbers of the carrier's."""
+    return view.name == carrier.name or (
+        view.batch_input == carrier.name and view.window(parameters) % carrier.window(parameters) == 0
+    )
 
 
 def _late_events_carrier(views: list[View], parameters: Parameters) -> View:

@@ -172,6 +172,8 @@ DEVICE_HEALTH = View(
     ),
     time_column=_WINDOW,
     window_seconds=3600,
+    # rolled up from the per-sensor windows: one aggregation of the readings serves both views
+    batch_input="sensor_stats",
     increment=Increment(
         count="readings",
         sums=("readings", "alerting_readings"),

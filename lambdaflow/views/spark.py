@@ -14,7 +14,7 @@ import functools
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pyspark import SparkContext
@@ -135,10 +135,10 @@ def breaks_a_threshold(thresholds: Thresholds) -> Column:
     return functools.reduce(operator.or_, rules)
 
 
-def window_start(window_seconds: int) -> Column:
-    """The start of the tumbling window holding `ts`: integer arithmetic on epoch microseconds (the same
-    windows as `F.window`, without the struct and filter it adds to every aggregation)."""
-    micros = F.unix_micros("ts")
+def window_start(window_seconds: int, of: str = "ts") -> Column:
+    """The start of the tumbling window holding the time `of`: integer arithmetic on epoch microseconds (the
+    same windows as `F.window`, without the struct and filter it adds to every aggregation)."""
+    micros = F.unix_micros(of)
     return F.timestamp_micros(micros - F.pmod(micros, F.lit(window_seconds * 1_000_000)))
 
 
@@ -160,14 +160,36 @@ def _sums(names: Iterable[str]) -> list[Column]:
     return [F.sum(name).alias(name) for name in names]
 
 
+@dataclass(frozen=True)
+class WindowInputs:
+    """What a view finished from another view's per-window rows needs in them: per-event `columns` added
+    before the aggregation, and more `aggregates` (over the events and those columns), one column each."""
+
+    columns: Mapping[str, Column] = field(default_factory=dict)
+    aggregates: Mapping[str, Column] = field(default_factory=dict)
+
+    def __add__(self, other: WindowInputs) -> WindowInputs:
+        return WindowInputs({**self.columns, **other.columns}, {**self.aggregates, **other.aggregates})
+
+
 def sensor_stats_partial(
-    events: DataFrame, window_seconds: int, extra_sums: Mapping[str, Column] | None = None
+    events: DataFrame,
+    window_seconds: int,
+    extra_sums: Mapping[str, Column] | None = None,
+    inputs: WindowInputs | None = None,
 ) -> DataFrame:
     """Per window and sensor (`extra_sums`: more per-event values summed per row, e.g. the batch layer's
-    late events, so that one aggregation serves them too)."""
-    extra = dict(extra_sums or {})
+    late events; `inputs`: what views rolled up from these rows need; so that one aggregation serves them
+    too)."""
+    inputs = inputs or WindowInputs()
+    columns = {**(extra_sums or {}), **inputs.columns}
     keys, aggregates = _sensor_stats_columns(window_seconds)
-    return (events.withColumns(extra) if extra else events).groupBy(*keys).agg(*aggregates, *_sums(extra))
+    more = [column.alias(name) for name, column in inputs.aggregates.items()]
+    return (
+        (events.withColumns(columns) if columns else events)
+        .groupBy(*keys)
+        .agg(*aggregates, *_sums(extra_sums or {}), *more)
+    )
 
 
 @built_once
@@ -379,18 +401,100 @@ def device_health_from_partial(partial: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
+# A row's place in a window's time order as one fixed-width number: (time, row number) as a 38-digit decimal.
+# Aggregates over it keep Spark's hash aggregation; a (ts, event_id) struct or a string in an aggregation
+# buffer turns the whole aggregation (every sensor_stats column with it) into a sort of the day's readings.
+_ROW_BITS = 2**64
+_ORDER_PART = "decimal(20,0)"
+
+
+def _order_number(value: int) -> Column:
+    return F.lit(str(value)).cast(_ORDER_PART)  # beyond a long
+
+
+@built_once
+def device_health_inputs(thresholds: Thresholds) -> WindowInputs:
+    """What device_health needs in finer per-sensor windows (`device_health_from_windows` rolls them up):
+    the alerting readings, and the latest reading's time and battery. The battery is taken from the row with
+    the greatest (ts, row number), exact when one reading has the latest time; the greatest (ts, -row number)
+    tells whether another reading shares that time (a tie its event id breaks). The row number is a column
+    of its own: an aggregate evaluates its input more than once per row."""
+    micros = F.unix_micros("ts").cast(_ORDER_PART) * _order_number(_ROW_BITS)
+    row = F.col("_row").cast(_ORDER_PART)
+    first_order = micros + row
+    last_order = micros + (_order_number(_ROW_BITS - 1) - row)
+    return WindowInputs(
+        # unique per row within one computation
+        columns={"_row": F.monotonically_increasing_id()},
+        aggregates={
+            "alerting_readings": F.sum(breaks_a_threshold(thresholds).cast("long")),
+            "last_seen": F.max("ts"),
+            "_latest_order": F.max(first_order),
+            "_latest_reverse_order": F.max(last_order),
+            "_latest_battery": F.max_by("battery", first_order),
+        },
+    )
+
+
+def device_health_from_windows(windows: DataFrame, events: DataFrame, window_seconds: int) -> DataFrame:
+    """device_health rolled up from per-sensor rows of windows dividing its own, which carry
+    `device_health_inputs` (one aggregation of the readings serves both views). A window whose latest time
+    more than one reading shares takes its battery from the latest of those by event id, looked up among
+    the readings at those times only (rare: two readings of a sensor in the same microsecond)."""
+    keys = ("window_start", "sensor_id")
+    hourly = windows.groupBy(
+        window_start(window_seconds, of="window_start").alias("window_start"), "sensor_id"
+    )
+    rolled = hourly.agg(
+        F.sum("events").alias("readings"),
+        F.min("battery_min").alias("battery_min"),
+        F.sum("alerting_readings").alias("alerting_readings"),
+        F.max("last_seen").alias("last_seen"),
+        F.max_by("_latest_battery", "_latest_order").alias("battery_last"),
+        F.max("_latest_order").alias("_order"),
+        F.max("_latest_reverse_order").alias("_reverse_order"),
+    )
+    rows = _order_number(_ROW_BITS)
+    shared = F.pmod("_order", rows) + F.pmod("_reverse_order", rows) != _order_number(_ROW_BITS - 1)
+    rolled = rolled.withColumn("_shared", shared).drop("_order", "_reverse_order")
+    tied = rolled.where("_shared").select("sensor_id", F.col("last_seen").alias("ts"))
+    if tied.limit(1).count():
+        latest = (
+            events.join(F.broadcast(tied), ["sensor_id", "ts"], "left_semi")
+            .groupBy(window_start(window_seconds).alias("window_start"), "sensor_id")
+            .agg(F.max(F.struct("ts", "event_id", "battery")).alias("_latest"))
+            .select(*keys, F.col("_latest.battery").alias("_tie_battery"))
+        )
+        rolled = rolled.join(latest, list(keys), "left").withColumn(
+            "battery_last", F.coalesce("_tie_battery", "battery_last")
+        )
+    return device_health_from_partial(rolled)
+
+
+def device_health(
+    events: DataFrame, window_seconds: int, input_window_seconds: int, thresholds: Thresholds
+) -> DataFrame:
+    """As the batch layer computes it: rolled up from per-sensor rows of the input's windows when they
+    divide the view's own, else of its own."""
+    finer = input_window_seconds if window_seconds % input_window_seconds == 0 else window_seconds
+    windows = sensor_stats_partial(events, finer, inputs=device_health_inputs(thresholds))
+    return device_health_from_windows(windows, events, window_seconds)
+
+
 @dataclass(frozen=True)
 class SparkView:
     """How Spark computes a view. `partial`: one micro-batch's partial rows (the speed layer's increment);
     `build`: the view of a set of events. Batch, for a view with `per_window` rows: those rows with more
-    per-event values summed per row (`extra_sums`: the late events, so one aggregation counts them too),
-    finished by `finish`; a view whose definition names a `batch_input` is finished by its own `finish` from
-    that view's per-window rows."""
+    per-event values summed per row (`extra_sums`: the late events, so one aggregation counts them too) and
+    the `WindowInputs` of the views finished from them, finished by `finish` (from the rows and the events);
+    a view whose definition names a `batch_input` is finished by its own `finish` from that view's
+    per-window rows, which carry its `inputs` (when its windows are whole multiples of the input's)."""
 
     partial: Callable[[DataFrame, Parameters], DataFrame]
     build: Callable[[DataFrame, Parameters], DataFrame]
-    per_window: Callable[[DataFrame, Parameters, Mapping[str, Column]], DataFrame] | None = None
-    finish: Callable[[DataFrame], DataFrame] | None = None
+    per_window: Callable[[DataFrame, Parameters, Mapping[str, Column], WindowInputs], DataFrame] | None = None
+    finish: Callable[[DataFrame, DataFrame, Parameters], DataFrame] | None = None
+    inputs: Callable[[Parameters], WindowInputs] | None = None
 
 
 def _window(view: str, parameters: Parameters) -> int:
@@ -401,25 +505,33 @@ SPARK_VIEWS: dict[str, SparkView] = {
     "sensor_stats": SparkView(
         partial=lambda events, p: sensor_stats_partial(events, _window("sensor_stats", p)),
         build=lambda events, p: sensor_stats(events, _window("sensor_stats", p)),
-        per_window=lambda events, p, extra: sensor_stats_partial(events, _window("sensor_stats", p), extra),
-        finish=sensor_stats_from_partial,
+        per_window=lambda events, p, extra, inputs: sensor_stats_partial(
+            events, _window("sensor_stats", p), extra, inputs
+        ),
+        finish=lambda windows, events, p: sensor_stats_from_partial(windows),
     ),
     "location_stats": SparkView(
         partial=lambda events, p: location_stats_partial(events, _window("location_stats", p)),
         build=lambda events, p: location_stats(events, _window("location_stats", p)),
-        finish=location_stats_from_partial,
+        finish=lambda windows, events, p: location_stats_from_partial(windows),
     ),
     "device_health": SparkView(
         partial=lambda events, p: device_health_partial(events, _window("device_health", p), p.thresholds),
-        build=lambda events, p: device_health_from_partial(
-            device_health_partial(events, _window("device_health", p), p.thresholds)
+        build=lambda events, p: device_health(
+            events, _window("device_health", p), _window("sensor_stats", p), p.thresholds
         ),
+        finish=lambda windows, events, p: device_health_from_windows(
+            windows, events, _window("device_health", p)
+        ),
+        inputs=lambda p: device_health_inputs(p.thresholds),
     ),
     "activity_stats": SparkView(
         partial=lambda events, p: activity_stats_partial(events, _window("activity_stats", p)),
         build=lambda events, p: activity_stats(events, _window("activity_stats", p)),
-        per_window=lambda events, p, extra: activity_stats(events, _window("activity_stats", p), extra),
-        finish=lambda per_window: per_window,
+        per_window=lambda events, p, extra, inputs: activity_stats(
+            events, _window("activity_stats", p), extra
+        ),
+        finish=lambda windows, events, p: windows,
     ),
     "sessions": SparkView(
         partial=lambda events, p: sessions_partial(events, p.session_gap_seconds),

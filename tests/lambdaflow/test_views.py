@@ -168,14 +168,16 @@ def test_windows_and_sessions_at_their_exact_boundaries(spark):
     assert sessions["duration_s"].tolist() == [GAP_S, 0.0]
 
 
-def test_device_health_takes_the_last_reading_by_time_then_event_id(spark):
+@pytest.mark.parametrize("locations", [["lab"] * 4, ["lab", "lab", "roof", "lab"]], ids=["one", "moved"])
+def test_device_health_takes_the_last_reading_by_time_then_event_id(spark, locations):
     """Readings of one hour arriving in any order: the battery of the latest by ts wins, and of two readings
-    at the same instant the one with the greater event id, in the static view and in merged partials."""
+    at the same instant the one with the greater event id, in the static view and in merged partials (also
+    when the two are in different per-sensor rows of the finer windows the view is rolled up from)."""
     start = datetime(2026, 11, 20, 7, 0, tzinfo=UTC)
     times = [start + pd.Timedelta(minutes=m) for m in (50, 10, 50, 30)]
     frame = pd.DataFrame({
         "event_id": ["e-b", "e-z", "e-a", "e-c"], "ts": pd.to_datetime(times, utc=True), "sensor_id": "s1",
-        "location": "lab", "temperature": [31.0, 20.0, 20.0, 20.0], "humidity": 40.0, "pressure": 1000.0,
+        "location": locations, "temperature": [31.0, 20.0, 20.0, 20.0], "humidity": 40.0, "pressure": 1000.0,
         "battery": [50.0, 10.0, 60.0, 70.0],
     })  # fmt: skip
     [row] = (
