@@ -28,10 +28,22 @@ class Result:
     target: str = ""
     meets_target: bool | None = None
     notes: dict[str, object] = field(default_factory=dict)
+    # The same work done the plainest way, measured in the same run (same machine, same hour): an absolute
+    # figure moves with the machine's load, its ratio to the floor much less.
+    floor_runs: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+    @property
+    def floor(self) -> float | None:
+        return statistics.median(self.floor_runs) if self.floor_runs else None
+
+    @property
+    def ratio(self) -> float | None:
+        """The figure over its floor (median over median)."""
+        return self.median / self.floor if self.floor else None
 
 
 def hardware() -> dict[str, object]:
@@ -112,14 +124,22 @@ def report(results: list[Result]) -> Path:
     machine = hardware()
     print(f"\nhardware: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
           f"Python {machine['python']}, load {machine['load_average_at_start']}")  # fmt: skip
-    header = f"{'benchmark':<44} {'median':>12} {'unit':<10} {'runs':<28} {'target':<14} ok"
+    header = (f"{'benchmark':<44} {'median':>12} {'unit':<10} {'runs':<28} {'floor':>10} {'ratio':>6} "
+              f"{'target':<22} ok")  # fmt: skip
     print(header)
     print("-" * len(header))
+
+    def figure(value: float) -> str:
+        return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
     for result in results:
-        runs = ", ".join(f"{run:,.0f}" if run >= 100 else f"{run:.2f}" for run in result.runs)
-        median = f"{result.median:,.0f}" if result.median >= 100 else f"{result.median:.2f}"
+        runs = ", ".join(figure(run) for run in result.runs)
+        floor = figure(result.floor) if result.floor is not None else ""
+        ratio = f"{result.ratio:.2f}" if result.ratio is not None else ""
         verdict = {True: "yes", False: "NO", None: ""}[result.meets_target]
-        print(f"{result.name:<44} {median:>12} {result.unit:<10} {runs:<28} {result.target:<14} {verdict}")
+        median = figure(result.median)
+        print(f"{result.name:<44} {median:>12} {result.unit:<10} {runs:<28} {floor:>10} {ratio:>6} "
+              f"{result.target:<22} {verdict}")  # fmt: skip
         for key, value in result.notes.items():
             print(f"{'':<4}{key}: {value}")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -128,7 +148,7 @@ def report(results: list[Result]) -> Path:
     payload = {
         "at": stamp,
         "hardware": machine,
-        "results": [{**asdict(r), "median": r.median} for r in results],
+        "results": [{**asdict(r), "median": r.median, "floor": r.floor, "ratio": r.ratio} for r in results],
     }
     path.write_text(json.dumps(payload, indent=2))
     print(f"\nwritten {path.relative_to(ROOT)}")
