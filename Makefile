@@ -84,10 +84,12 @@ lock: venv
 	@echo '# Full lock of the environment made from requirements.txt (`make lock` regenerates it).' > constraints.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable >> constraints.txt
 
-# Validates docker-compose.yaml with Debian's docker-compose (no Docker engine is needed for `config`).
+# Validates docker-compose.yaml with Debian's docker-compose (no Docker engine is needed for `config`), every
+# secret that .env.example names set to a placeholder.
 compose-check:
 	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
-	LAMBDAFLOW_POSTGRES_PASSWORD=$${LAMBDAFLOW_POSTGRES_PASSWORD:-check-only} docker-compose -f docker-compose.yaml config --quiet && echo "docker-compose.yaml is valid"
+	env $$(sed -n 's/^\([A-Z][A-Z0-9_]*\)=$$/\1=check-only/p' .env.example) \
+		docker-compose -f docker-compose.yaml config --quiet && echo "docker-compose.yaml is valid"
 
 clean:
 	rm -rf .lambdaflow .pytest_cache
