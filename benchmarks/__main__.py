@@ -1,11 +1,12 @@
-"""`python -m benchmarks [producer] [archiver] [broker] [freshness] [speed] [batch] [serving]`: run benchmarks
-(all by default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark (default 3)."""
+"""`python -m benchmarks [producer] [archiver] [broker] [freshness] [speed] [batch] [serving] [azure]`: run
+benchmarks (all by default), print the table and write the JSON. `BENCH_RUNS` sets the runs per benchmark
+(default 3)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import batch, ingestion, serving, speed
+from benchmarks import azure, batch, ingestion, serving, speed
 from benchmarks.common import report
 
 GROUPS = {
@@ -16,6 +17,7 @@ GROUPS = {
     "speed": speed,
     "batch": batch,
     "serving": serving,
+    "azure": azure,
 }
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str]) -> None:
     if selected - GROUPS.keys():
         sys.exit(f"unknown benchmark(s) {sorted(selected - GROUPS.keys())}; choose from {sorted(GROUPS)}")
     results = []
-    for module in (ingestion, speed, batch, serving):
+    for module in (ingestion, speed, batch, serving, azure):
         wanted = {name for name, owner in GROUPS.items() if owner is module}
         if not selected or selected & wanted:
             results += module.run(selected & wanted)

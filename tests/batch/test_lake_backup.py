@@ -197,7 +197,7 @@ def test_restore_lays_the_day_into_a_lake_and_refuses_a_blob_whose_md5_differs(b
     assert not [p for p in (elsewhere / victim).parent.glob(".*")], "a temporary file was left behind"
 
 
-def test_wrong_credentials_are_one_line_and_fail_the_task_while_no_connection_skips_it(
+def test_wrong_credentials_or_no_connection_are_one_line_and_the_task_fails_or_is_skipped(
     backup_settings, azurite, monkeypatch
 ):
     from airflow.sdk.exceptions import AirflowSkipException
@@ -210,6 +210,17 @@ def test_wrong_credentials_are_one_line_and_fail_the_task_while_no_connection_sk
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("lambdaflow: Azure Blob Storage") and "credentials were refused" in lines[0]
+
+    unset = {k: v for k, v in _env(backup_settings, azurite).items() if not k.startswith("AIRFLOW_CONN_")}
+    for command in ("export", "restore"):
+        result = run_cli([command, "--date", str(DAY)], unset, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert "no Airflow connection 'lambdaflow_azure'" in lines[0]
+    result = run_cli(["restore", "--date", str(DAY)], _env(backup_settings, azurite), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "was never exported completely" in lines[0]
 
     env = {"LAMBDAFLOW_DATA_DIR": str(backup_settings.data_dir),
            "LAMBDAFLOW_AZURE_CONTAINER": backup_settings.azure_container}  # fmt: skip
