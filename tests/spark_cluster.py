@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cli.services import services
@@ -20,6 +22,17 @@ from lambdaflow.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_CORES = 2
+
+
+@dataclass(frozen=True)
+class SparkCluster:
+    url: str  # the master's, spark://127.0.0.1:port
+    logs: Path
+
+    def applications(self) -> list[str]:
+        """The names of the applications the master has registered, in order: proof that work ran here,
+        not in a local session."""
+        return re.findall(r"Master: Registering app (\S+)", (self.logs / "spark-master.log").read_text())
 
 
 def _alive_workers(web_port: int) -> int:
@@ -41,9 +54,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_spark_cluster(base: Path) -> Iterator[str]:
-    """A master and one worker (2 cores, 2 GiB), logs and work folders under `base`; yields the master's
-    URL once the worker has registered."""
+def running_spark_cluster(base: Path) -> Iterator[SparkCluster]:
+    """A master and one worker (2 cores, 2 GiB), logs and work folders under `base`; yields the cluster
+    once the worker has registered."""
+    base.mkdir(parents=True, exist_ok=True)
     port, web_port = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
     commands = services(spark_master=url)
@@ -68,7 +82,7 @@ def running_spark_cluster(base: Path) -> Iterator[str]:
             if exited or time.monotonic() > deadline:
                 raise RuntimeError(f"the Spark cluster did not come up (logs in {base}): {exited}")
             time.sleep(0.5)
-        yield url
+        yield SparkCluster(url, base)
     finally:
         for process in reversed(started):
             _stop(process)

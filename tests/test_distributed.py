@@ -20,7 +20,7 @@ from lambdaflow.views import VIEWS
 from tests import ground_truth
 from tests.batch.test_recompute import assert_same, store_rows, topic_events
 from tests.conftest import ROOT, run_cli, settings_env
-from tests.spark_cluster import running_spark_cluster
+from tests.spark_cluster import SparkCluster, running_spark_cluster
 from tests.speed.test_stream_restart import KILL_SETTINGS, kill_9_mid_stream_then_restart
 from tests.speed.test_streams import compare, store_frame, topic_frame
 
@@ -30,18 +30,22 @@ COUNT = 4000
 
 
 @pytest.fixture(scope="module")
-def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as url:
-        yield url
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
 
 
-@pytest.fixture
-def store_database(postgres_url: str) -> str:
-    """A database of its own on the session's PostgreSQL, as the compose file's store is."""
+def new_database(postgres_url: str) -> str:
+    """A database of its own on the session's PostgreSQL, as the compose file's store is; its URL."""
     name = f"lambdaflow_{uuid.uuid4().hex[:12]}"
     with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
         connection.execute(text(f"CREATE DATABASE {name}"))
     return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def store_database(postgres_url: str) -> str:
+    return new_database(postgres_url)
 
 
 def test_stream_and_batch_on_a_standalone_cluster_equal_the_ground_truth(
@@ -49,10 +53,11 @@ def test_stream_and_batch_on_a_standalone_cluster_equal_the_ground_truth(
 ):
     settings = make_settings(store_url=store_database, max_records_per_trigger=1000)
     env = {**settings_env(settings), "LAMBDAFLOW_STORE_URL": store_database,
-           "LAMBDAFLOW_SPARK_MASTER": spark_cluster}  # fmt: skip
+           "LAMBDAFLOW_SPARK_MASTER": spark_cluster.url}  # fmt: skip
+    before = len(spark_cluster.applications())
     for kind in ("iot", "activity"):
         run_cli(["produce", kind, "--count", str(COUNT), "--rate", "0", "--seed", "27", *FAULTS], env)
-    commands = services(spark_master=spark_cluster)
+    commands = services(spark_master=spark_cluster.url)
 
     # the stream service's command, with --once: everything the topics hold, then exit
     stream = subprocess.run(commands["stream"].local_command(("--once",)), env=env, cwd=ROOT,
@@ -86,6 +91,7 @@ def test_stream_and_batch_on_a_standalone_cluster_equal_the_ground_truth(
         frame = events[view.contract]
         truth = ground_truth.VIEWS[name](ground_truth.clean_events(frame[frame["ts"].dt.date == day]))
         assert_same(store_rows(engine, store.BATCH_TABLES[name]), truth, list(view.keys))
+    assert spark_cluster.applications()[before:] == ["lambdaflow-stream", "lambdaflow-batch"]
 
 
 def test_kill_9_of_the_stream_on_the_cluster_then_a_restart_gives_the_ground_truth(
@@ -95,5 +101,7 @@ def test_kill_9_of_the_stream_on_the_cluster_then_a_restart_gives_the_ground_tru
     executors, and the restarted app resumes from the checkpoints the executors wrote."""
     settings = make_settings(store_url=store_database, **KILL_SETTINGS)
     env = {**settings_env(settings), "LAMBDAFLOW_STORE_URL": store_database,
-           "LAMBDAFLOW_SPARK_MASTER": spark_cluster}  # fmt: skip
+           "LAMBDAFLOW_SPARK_MASTER": spark_cluster.url}  # fmt: skip
+    before = len(spark_cluster.applications())
     kill_9_mid_stream_then_restart(settings, env)
+    assert spark_cluster.applications()[before:] == ["lambdaflow-stream"] * 2  # killed, then restarted

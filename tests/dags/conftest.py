@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.services import services as compose_services
 from tests.conftest import ROOT, settings_env
 
 _HOME = Path(tempfile.mkdtemp(prefix="lambdaflow-airflow-"))
@@ -47,9 +48,16 @@ def airflow(args: list[str], env: dict[str, str], check: bool = True,
 
 
 @pytest.fixture
-def airflow_services(settings, postgres_url, tmp_path):
+def lambdaflow_env() -> dict[str, str]:
+    """More lambdaflow settings for the DAG's tasks (a module overrides it, e.g. to run them on a cluster)."""
+    return {}
+
+
+@pytest.fixture
+def airflow_services(settings, postgres_url, tmp_path, lambdaflow_env):
     """A running Airflow (scheduler, DAG processor, API server for the task SDK; LocalExecutor) with its
-    metadata on a throwaway PostgreSQL database. Yields (env, metadata URL)."""
+    metadata on a throwaway PostgreSQL database, each component started with docker-compose.yaml's command
+    for it (cli/services.py). Yields (env, metadata URL)."""
     import secrets
     import signal
     import time
@@ -82,15 +90,17 @@ def airflow_services(settings, postgres_url, tmp_path):
         # no scheduled catch-up runs: the first interval starts today, so only backfills run
         "LAMBDAFLOW_BATCH_START_DATE": time.strftime("%Y-%m-%d", time.gmtime()),
     })  # fmt: skip
+    env.update(lambdaflow_env)
     airflow(["db", "migrate"], env)
     airflow(["dags", "reserialize"], env)
     logs = tmp_path / "airflow-logs"
     logs.mkdir()
+    commands = compose_services()
     services = [
-        subprocess.Popen([AIRFLOW, component, *extra], env=env, cwd=ROOT, start_new_session=True,
-                         stdout=(logs / f"{component}.log").open("w"), stderr=subprocess.STDOUT)
-        for component, extra in (("api-server", ["--host", "127.0.0.1", "--port", str(port)]),
-                                 ("scheduler", []), ("dag-processor", []))
+        subprocess.Popen(commands[f"airflow-{component}"].local_command(), env=env, cwd=ROOT,
+                         start_new_session=True, stdout=(logs / f"{component}.log").open("w"),
+                         stderr=subprocess.STDOUT)
+        for component in ("api-server", "scheduler", "dag-processor")
     ]  # fmt: skip
     try:
         deadline = time.monotonic() + 120

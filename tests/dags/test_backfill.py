@@ -43,6 +43,11 @@ def wait_for_backfills(metadata_url: str, expected: int, timeout_s: float = 900)
 
 @pytest.mark.timeout(1500)
 def test_backfill_of_three_days_publishes_them_and_a_rerun_is_idempotent(spark, settings, airflow_services):
+    backfill_three_days_then_one_again(spark, settings, airflow_services)
+
+
+def backfill_three_days_then_one_again(spark, settings, airflow_services) -> None:
+    """The test's steps; test_backfill_on_cluster runs them with the DAG's Spark work on a cluster."""
     env, metadata_url = airflow_services
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=n) for n in (4, 3, 2)]
