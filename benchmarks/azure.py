@@ -71,13 +71,12 @@ def run(selected: set[str]) -> list[Result]:
                 )
                 print(f"  azure run {run_number + 1}: export {export_runs[-1]:.1f} MB/s, plain upload_blob "
                       f"{plain_runs[-1]:.1f} MB/s", flush=True)  # fmt: skip
-    result = Result("azure: export the 10M-event day to Azurite", "MB/s", export_runs, "≥ plain upload_blob")
-    plain = statistics.median(plain_runs)
-    result.meets_target = result.median >= plain
+    result = Result("azure: export the 10M-event day to Azurite", "MB/s", export_runs, "≥ plain upload_blob",
+                    floor_runs=plain_runs)  # fmt: skip
+    result.meets_target = result.median >= statistics.median(plain_runs)
     result.notes.update({
         "files, MB": f"{len(files)}, {total_mb:,.0f}",
         "includes": "MD5 and row count of every file, listing, uploads, the manifest",
-        "plain upload_blob, one file after another (MB/s)": ", ".join(f"{r:.1f}" for r in plain_runs),
-        "export / plain (medians)": f"{result.median / plain:.2f}",
+        "floor": "the same files, one plain upload_blob after another, alternating with the export",
     })  # fmt: skip
     return [result]
