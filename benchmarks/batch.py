@@ -1,4 +1,5 @@
-"""Batch benchmarks: recompute a 10-million-event day with Spark, the same views with DuckDB over the same
+"""Batch benchmarks: recompute a 10-million-event day with Spark, in local mode and on a standalone cluster
+(one worker, 2 cores, started with docker-compose.yaml's commands), the same views with DuckDB over the same
 Parquet files, and the validation of that day (raw and view gates).
 
 The day is written straight into the lake (no broker: the benchmark measures the batch layer): 5 M IoT
@@ -11,6 +12,7 @@ import os
 import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -19,9 +21,11 @@ import pyarrow as pa
 
 from benchmarks.common import PeakMemory, Result, lambdaflow
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, write_parquet_atomically
+from tests.spark_cluster import running_spark_cluster
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EVENTS_PER_TOPIC = int(os.environ.get("BENCH_BATCH_EVENTS_PER_TOPIC", "5000000"))
+CLUSTER = os.environ.get("BENCH_BATCH_CLUSTER", "1") != "0"  # 0: local mode only
 DAY = date(2026, 11, 1)
 FILES_PER_TOPIC = 8
 TOPICS = {"iot_sensors": "bench_iot", "user_activity": "bench_activity"}
@@ -155,20 +159,25 @@ def run(selected: set[str]) -> list[Result]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAFLOW_")}
         env.update(LAMBDAFLOW_DATA_DIR=str(data_dir), LAMBDAFLOW_TOPIC_IOT=TOPICS["iot_sensors"],
                    LAMBDAFLOW_TOPIC_ACTIVITY=TOPICS["user_activity"])  # fmt: skip
-        spark_runs, duck_runs, validate_runs, peaks = [], [], [], []
-        for run_number in range(RUNS):
-            started = time.monotonic()
-            process = lambdaflow(["batch", "--date", str(DAY)], env)
-            with PeakMemory(process.pid) as memory:
-                _, stderr = process.communicate()
-            if process.returncode:
-                raise RuntimeError(f"batch failed: {stderr[-3000:]}")
-            spark_runs.append(time.monotonic() - started)
-            peaks.append(memory.peak_mib)
-            duck_runs.append(duckdb_seconds(data_dir / "lake"))
-            validate_runs.append(_validation_seconds(env))
-            print(f"  batch run {run_number + 1}: Spark {spark_runs[-1]:.1f} s, DuckDB "
-                  f"{duck_runs[-1]:.1f} s, validation {validate_runs[-1]:.1f} s", flush=True)  # fmt: skip
+        spark_runs, cluster_runs, duck_runs, validate_runs, peaks = [], [], [], [], []
+        cluster = running_spark_cluster(data_dir / "spark-cluster") if CLUSTER else nullcontext(None)
+        with cluster as on_cluster:
+            for run_number in range(RUNS):
+                started = time.monotonic()
+                process = lambdaflow(["batch", "--date", str(DAY)], env)
+                with PeakMemory(process.pid) as memory:
+                    _, stderr = process.communicate()
+                if process.returncode:
+                    raise RuntimeError(f"batch failed: {stderr[-3000:]}")
+                spark_runs.append(time.monotonic() - started)
+                peaks.append(memory.peak_mib)
+                if on_cluster:
+                    cluster_runs.append(_cluster_batch_seconds(env, on_cluster.url))
+                duck_runs.append(duckdb_seconds(data_dir / "lake"))
+                validate_runs.append(_validation_seconds(env))
+                on_cluster = f", on the cluster {cluster_runs[-1]:.1f} s" if cluster_runs else ""
+                print(f"  batch run {run_number + 1}: Spark {spark_runs[-1]:.1f} s{on_cluster}, DuckDB "
+                      f"{duck_runs[-1]:.1f} s, validation {validate_runs[-1]:.1f} s", flush=True)  # fmt: skip
     recompute = Result("batch: recompute a 10M-event day (Spark)", "s", spark_runs, "≤ 90")
     recompute.meets_target = recompute.median <= 90
     recompute.notes.update({
@@ -182,7 +191,30 @@ def run(selected: set[str]) -> list[Result]:
     ratio.notes["DuckDB seconds (2 threads)"] = ", ".join(f"{d:.1f}" for d in duck_runs)
     validation = Result("batch: validate the day (raw + view gates)", "s", validate_runs, "≤ 60")
     validation.meets_target = validation.median <= 60
-    return [recompute, ratio, validation]
+    if not cluster_runs:
+        return [recompute, ratio, validation]
+    on_cluster = Result("batch: standalone cluster (1 worker, 2 cores) / local mode", "x",
+                        [c / s for c, s in zip(cluster_runs, spark_runs, strict=True)], "≤ 1.2")  # fmt: skip
+    on_cluster.meets_target = on_cluster.median <= 1.2
+    on_cluster.notes["cluster seconds"] = ", ".join(f"{c:.1f}" for c in cluster_runs)
+    on_cluster.notes["executor"] = f"2 cores, {EXECUTOR_MEMORY} (local mode's driver: 2g)"
+    return [recompute, ratio, validation, on_cluster]
+
+
+# the executor gets the heap local mode's driver has (LAMBDAFLOW_SPARK_DRIVER_MEMORY's default)
+EXECUTOR_MEMORY = "2g"
+
+
+def _cluster_batch_seconds(env: dict[str, str], master: str) -> float:
+    """The same day's recompute submitted to the standalone cluster, as docker-compose.yaml's tasks do."""
+    submit = f"--conf spark.executor.memory={EXECUTOR_MEMORY} pyspark-shell"
+    cluster_env = {**env, "LAMBDAFLOW_SPARK_MASTER": master, "PYSPARK_SUBMIT_ARGS": submit}
+    started = time.monotonic()
+    process = lambdaflow(["batch", "--date", str(DAY)], cluster_env)
+    _, stderr = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"batch on the cluster failed: {stderr[-3000:]}")
+    return time.monotonic() - started
 
 
 def _validation_seconds(env: dict[str, str]) -> float:
