@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ class JsonErrorWorker(ThreadWorker):
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings, self.options = settings, options
+    def __init__(self, load: Callable[[], Any], options: dict[str, Any]) -> None:
+        self.load_app, self.options = load, options
         super().__init__()
 
     def load_config(self) -> None:
@@ -52,9 +53,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> Any:
-        from serving.app import create_app
-
-        return create_app(self.settings)
+        return self.load_app()
 
 
 def metrics_dir(settings: Settings, port: int) -> Path:
@@ -66,6 +65,29 @@ def metrics_dir(settings: Settings, port: int) -> Path:
     return path
 
 
+def gunicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
+    """How `lambdaflow serve` runs gunicorn (the serving benchmark runs its bare floor under the same)."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": settings.serve_workers,
+        "threads": settings.serve_threads,
+        "worker_class": f"{__name__}.JsonErrorWorker",
+        "limit_request_line": REQUEST_LINE_LIMIT,
+        "control_socket_disable": True,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "keepalive": 5,
+        "graceful_timeout": 5,
+        "proc_name": "lambdaflow-serve",
+    }
+
+
+def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
+    """Serve the WSGI app that `load` builds (in each worker) until SIGINT/SIGTERM."""
+    _Gunicorn(load, options).run()
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections).
 
@@ -73,20 +95,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
     server would delete another's, and lambdaflow stops its servers by signal."""
     # before the workers import prometheus_client: it picks multiprocess mode once, at its import
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings, port))
-    _Gunicorn(
-        settings,
-        {
-            "bind": f"{host}:{port}",
-            "workers": settings.serve_workers,
-            "threads": settings.serve_threads,
-            "worker_class": f"{__name__}.JsonErrorWorker",
-            "limit_request_line": REQUEST_LINE_LIMIT,
-            "control_socket_disable": True,
-            "accesslog": None,
-            "errorlog": "-",
-            "loglevel": "warning",
-            "keepalive": 5,
-            "graceful_timeout": 5,
-            "proc_name": "lambdaflow-serve",
-        },
-    ).run()
+
+    def load() -> Any:
+        from serving.app import create_app
+
+        return create_app(settings)
+
+    run_gunicorn(load, gunicorn_options(settings, host, port))
