@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Hashable, Mapping
+from functools import wraps
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from cachetools import TTLCache
-from flask import Request, Response, abort, current_app, request
+from flask import Request, Response, abort, current_app, g, request
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError
 from webargs.flaskparser import FlaskParser
 
-from lambdaflow import store
 from lambdaflow.views import CLEANED_COLUMNS, VIEWS, View
 from serving import merge, schemas
 from serving.params import AlertsQuery, NoQuery, QualityQuery, view_query
@@ -85,6 +85,10 @@ class AnswerCache:
         self.cache: TTLCache | None = TTLCache(size, seconds) if seconds > 0 else None
         self.lock = threading.Lock()
 
+    @property
+    def enabled(self) -> bool:
+        return self.cache is not None
+
     def get(self, key: Hashable) -> bytes | None:
         if self.cache is None:
             return None
@@ -100,11 +104,8 @@ class AnswerCache:
 def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filters: Any) -> Response:
     """The merged answer; with a `subject` (one sensor or location), a 404 when it has no row at all."""
     cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
-    horizon = store.horizon_of(_engine(), view)
+    horizon = g.get("lambdaflow_horizon")  # read by `_cached_first` when the cache is on
     key = (request.full_path, horizon) if horizon is not None and args["end"] <= horizon else None
-    cached = cache.get(key) if key else None
-    if cached is not None:
-        return current_app.response_class(cached, mimetype="application/json")
     merged = merge.merged_view(_engine(), view, args["start"], args["end"], **filters)
     for column, value in subject.items():
         if not merged.rows and not merge.exists(_engine(), view, column, value):
@@ -117,7 +118,7 @@ def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filt
 
 
 @api.route("/sensors")
-@api.arguments(NoQuery, location="query", as_kwargs=False)
+@api.arguments(NoQuery(), location="query", as_kwargs=False)
 @api.answers(schemas.Sensors)
 @api.doc(summary="Every sensor with its location and newest window")
 def list_sensors(_: dict[str, Any]) -> Response:
@@ -151,14 +152,33 @@ def _view_handler(view: View) -> Callable[..., Response]:
     return answer
 
 
+def _cached_first(view: str, handler: Callable[..., Response]) -> Callable[..., Response]:
+    """The answer cache in front of a view route's handler, before its query is parsed: a request answered
+    at the same horizon is answered again for one read of the horizon (only a valid answer lying wholly
+    before the horizon was kept)."""
+
+    @wraps(handler)
+    def answer(**path: str) -> Response:
+        cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
+        if cache.enabled:
+            g.lambdaflow_horizon = horizon = merge.horizon(_engine(), view)
+            cached = cache.get((request.full_path, horizon)) if horizon is not None else None
+            if cached is not None:
+                return current_app.response_class(cached, mimetype="application/json")
+        return handler(**path)
+
+    return answer
+
+
 def _add_view_route(view: View) -> None:
     route = view.route
     assert route is not None
     errors = (HTTPStatus.NOT_FOUND,) if route.subject is not None else ()
     handler = api.doc(summary=route.summary)(_view_handler(view))
     handler = api.answers(schemas.ANSWERS[view.name], *errors)(handler)
-    handler = api.arguments(view_query(view), location="query", as_kwargs=False)(handler)
-    api.route(route.path, endpoint=view.name)(handler)
+    # schema instances (here and above): webargs makes a new one from a class on every request
+    handler = api.arguments(view_query(view)(), location="query", as_kwargs=False)(handler)
+    api.route(route.path, endpoint=view.name)(_cached_first(view.name, handler))
 
 
 for _view in VIEWS.values():
@@ -167,7 +187,7 @@ for _view in VIEWS.values():
 
 
 @api.route("/alerts")
-@api.arguments(AlertsQuery, location="query", as_kwargs=False)
+@api.arguments(AlertsQuery(), location="query", as_kwargs=False)
 @api.answers(schemas.Alerts)
 @api.doc(summary="The newest alerts first")
 def alerts(args: dict[str, Any]) -> Response:
@@ -178,7 +198,7 @@ def alerts(args: dict[str, Any]) -> Response:
 
 
 @api.route("/quality")
-@api.arguments(QualityQuery, location="query", as_kwargs=False)
+@api.arguments(QualityQuery(), location="query", as_kwargs=False)
 @api.answers(schemas.QualityRuns)
 @api.doc(summary="The latest Great Expectations result per suite and day, with its Data Docs page")
 def quality(args: dict[str, Any]) -> Response:

@@ -43,10 +43,13 @@ class OrjsonProvider(JSONProvider):
     """orjson: several times faster than the standard library on the view payloads; times as ISO-8601 UTC
     with a `Z` (the store keeps naive UTC)."""
 
-    options = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+    options = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, default=str, option=self.options).decode()
+        try:
+            return orjson.dumps(obj, default=str, option=self.options).decode()
+        except orjson.JSONEncodeError:  # keys other than plain str (e.g. SQLAlchemy's names): slower
+            return orjson.dumps(obj, default=str, option=self.options | orjson.OPT_NON_STR_KEYS).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
