@@ -1,0 +1,44 @@
+"""The DAG's backfill as docker-compose.yaml runs it: its Spark work on a standalone cluster
+(tests/spark_cluster.py, started with the services' commands), the store and Airflow's metadata on
+PostgreSQL; the same days published equal to the ground truth, and a day backfilled again leaves the store as
+it was."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.dags.test_backfill import backfill_three_days_then_one_again
+from tests.spark_cluster import SparkCluster, running_spark_cluster
+from tests.test_distributed import new_database
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def settings(make_settings, postgres_url):
+    return make_settings(store_url=new_database(postgres_url))
+
+
+@pytest.fixture
+def lambdaflow_env(spark_cluster: SparkCluster, settings) -> dict[str, str]:
+    """The DAG's tasks submit their Spark work to the cluster and write the store on PostgreSQL."""
+    return {"LAMBDAFLOW_SPARK_MASTER": spark_cluster.url, "LAMBDAFLOW_STORE_URL": settings.store_url}
+
+
+@pytest.mark.timeout(1500)
+def test_backfill_on_the_cluster_publishes_the_days_and_a_rerun_is_idempotent(
+    spark, settings, airflow_services, spark_cluster
+):
+    backfill_three_days_then_one_again(spark, settings, airflow_services)
+    # each run's recompute was an application of the cluster: three days, then one of them again
+    recomputes = spark_cluster.applications()
+    assert len(recomputes) == 4 and len(set(recomputes)) == 3, recomputes
+    assert all(name.startswith("lambdaflow-batch-") for name in recomputes), recomputes
