@@ -161,7 +161,7 @@ def run(selected: set[str]) -> list[Result]:
                    LAMBDAFLOW_TOPIC_ACTIVITY=TOPICS["user_activity"])  # fmt: skip
         spark_runs, cluster_runs, duck_runs, validate_runs, peaks = [], [], [], [], []
         cluster = running_spark_cluster(data_dir / "spark-cluster") if CLUSTER else nullcontext(None)
-        with cluster as on_cluster:
+        with cluster as spark_cluster:
             for run_number in range(RUNS):
                 started = time.monotonic()
                 process = lambdaflow(["batch", "--date", str(DAY)], env)
@@ -171,18 +171,20 @@ def run(selected: set[str]) -> list[Result]:
                     raise RuntimeError(f"batch failed: {stderr[-3000:]}")
                 spark_runs.append(time.monotonic() - started)
                 peaks.append(memory.peak_mib)
-                if on_cluster:
-                    cluster_runs.append(_cluster_batch_seconds(env, on_cluster.url))
+                if spark_cluster:
+                    cluster_runs.append(_cluster_batch_seconds(env, spark_cluster.url))
                 duck_runs.append(duckdb_seconds(data_dir / "lake"))
                 validate_runs.append(_validation_seconds(env))
-                on_cluster = f", on the cluster {cluster_runs[-1]:.1f} s" if cluster_runs else ""
-                print(f"  batch run {run_number + 1}: Spark {spark_runs[-1]:.1f} s{on_cluster}, DuckDB "
+                cluster_note = f", on the cluster {cluster_runs[-1]:.1f} s" if cluster_runs else ""
+                print(f"  batch run {run_number + 1}: Spark {spark_runs[-1]:.1f} s{cluster_note}, DuckDB "
                       f"{duck_runs[-1]:.1f} s, validation {validate_runs[-1]:.1f} s", flush=True)  # fmt: skip
-    recompute = Result("batch: recompute a 10M-event day (Spark)", "s", spark_runs, "≤ 90")
+    recompute = Result("batch: recompute a 10M-event day (Spark)", "s", spark_runs, "≤ 90",
+                       floor_runs=duck_runs)  # fmt: skip
     recompute.meets_target = recompute.median <= 90
     recompute.notes.update({
         "rows in the lake (1 % duplicates)": f"{rows:,}",
-        "includes": "Spark start-up, 4 views + late events + baselines, atomic writes",
+        "includes": "Spark start-up, 5 views + late events + baselines, atomic writes",
+        "floor": "DuckDB computing the 4 views it has a query for, over the same Parquet files",
         "peak memory (driver JVM + Python)": f"{max(peaks):,.0f} MiB",
     })  # fmt: skip
     ratio = Result("batch: Spark / DuckDB (same views, same files)", "x",
@@ -193,12 +195,12 @@ def run(selected: set[str]) -> list[Result]:
     validation.meets_target = validation.median <= 60
     if not cluster_runs:
         return [recompute, ratio, validation]
-    on_cluster = Result("batch: standalone cluster (1 worker, 2 cores) / local mode", "x",
-                        [c / s for c, s in zip(cluster_runs, spark_runs, strict=True)], "≤ 1.2")  # fmt: skip
-    on_cluster.meets_target = on_cluster.median <= 1.2
-    on_cluster.notes["cluster seconds"] = ", ".join(f"{c:.1f}" for c in cluster_runs)
-    on_cluster.notes["executor"] = f"2 cores, {EXECUTOR_MEMORY} (local mode's driver: 2g)"
-    return [recompute, ratio, validation, on_cluster]
+    ratios = [c / s for c, s in zip(cluster_runs, spark_runs, strict=True)]
+    cluster_ratio = Result("batch: standalone cluster (1 worker, 2 cores) / local mode", "x", ratios, "≤ 1.2")
+    cluster_ratio.meets_target = cluster_ratio.median <= 1.2
+    cluster_ratio.notes["cluster seconds"] = ", ".join(f"{c:.1f}" for c in cluster_runs)
+    cluster_ratio.notes["executor"] = f"2 cores, {EXECUTOR_MEMORY} (local mode's driver: 2g)"
+    return [recompute, ratio, validation, cluster_ratio]
 
 
 # the executor gets the heap local mode's driver has (LAMBDAFLOW_SPARK_DRIVER_MEMORY's default)
