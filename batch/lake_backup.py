@@ -163,6 +163,10 @@ def restore_day(settings: Settings, day: date, data_dir: Path | None = None,
     container = container or open_container(settings)
     target_dir = (data_dir or settings.data_dir).resolve()
     wanted = [file for file in read_manifest(container, day) if file.name.startswith(RESTORED)]
+    for file in wanted:  # whoever can write the container must not choose where restore writes
+        if not (target_dir / file.name).resolve().is_relative_to(target_dir / "lake"):
+            raise BlobStorageError(f"the manifest of {day} names {file.name!r}, outside the lake; nothing "
+                                   "was restored")  # fmt: skip
     missing = []
     for file in wanted:
         path = target_dir / file.name

@@ -197,6 +197,23 @@ def test_restore_lays_the_day_into_a_lake_and_refuses_a_blob_whose_md5_differs(b
     assert not [p for p in (elsewhere / victim).parent.glob(".*")], "a temporary file was left behind"
 
 
+def test_restore_refuses_a_manifest_naming_a_file_outside_the_lake(backup_settings, azurite, tmp_path):
+    from azure.storage.blob import BlobServiceClient
+
+    write_lake_day(backup_settings)
+    export_day(backup_settings, DAY)
+    client = BlobServiceClient.from_connection_string(azurite.connection_string())
+    manifest = client.get_blob_client(backup_settings.azure_container, manifest_name(DAY))
+    content = json.loads(manifest.download_blob().readall())
+    content["files"][0]["name"] = "lake/raw/../../outside.parquet"
+    manifest.upload_blob(json.dumps(content).encode(), overwrite=True)
+    restored = tmp_path / "restored"
+    with pytest.raises(BlobStorageError, match="outside the lake; nothing was restored"):
+        restore_day(backup_settings, DAY, restored)
+    assert not (tmp_path / "outside.parquet").exists()
+    assert not [path for path in restored.rglob("*") if path.is_file()]
+
+
 def test_wrong_credentials_or_no_connection_are_one_line_and_the_task_fails_or_is_skipped(
     backup_settings, azurite, monkeypatch
 ):
