@@ -14,6 +14,7 @@ archiver, the speed queries and the alert producer all reach Event Hubs alike (e
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from lambdaflow.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # How long the command line's kafka-python clients try to reach the broker (a client setting of its own, not
 # part of the connection, which also configures the Spark source's readers).
@@ -49,7 +52,12 @@ class KafkaConnection:
         """The configured Kafka, or Azure Event Hubs' Kafka endpoint when `EVENT_HUB_CONN_STR` is set."""
         event_hubs = environ.get(EVENT_HUBS_VARIABLE, "").strip()
         if event_hubs:
-            return event_hubs_connection(event_hubs)
+            connection = event_hubs_connection(event_hubs)
+            if "kafka_bootstrap_servers" in settings.model_fields_set:  # both set: say which one wins
+                log.warning("%s is set: Kafka clients connect to Event Hubs at %s, not to the configured %s",
+                            EVENT_HUBS_VARIABLE, connection.bootstrap_servers,
+                            settings.kafka_bootstrap_servers)  # fmt: skip
+            return connection
         password = settings.kafka_sasl_password
         return cls(
             bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -127,7 +127,7 @@ def test_the_connection_travels_through_the_source_options_unchanged():
     )
 
 
-def test_the_consumers_reach_event_hubs_through_the_settings_connection(monkeypatch):
+def test_the_consumers_reach_event_hubs_through_the_settings_connection(monkeypatch, caplog):
     """With EVENT_HUB_CONN_STR set, the connection every consumer is made from (the archiver's and the speed
     queries' Spark source options, the driver's kafka-python client, the readers' librdkafka consumer, the
     end-offset probe, the alert producer) is the Event Hubs profile the producers use."""
@@ -136,6 +136,9 @@ def test_the_consumers_reach_event_hubs_through_the_settings_connection(monkeypa
     monkeypatch.setenv("EVENT_HUB_CONN_STR", CONN)
     settings = load_settings(kafka_bootstrap_servers="ignored:9092", fail_on_data_loss=True)
     assert KafkaConnection.from_settings(settings) == EVENT_HUBS
+    assert "connect to Event Hubs at ns.servicebus.windows.net:9093, not to the configured ignored:9092" in (
+        caplog.text
+    )
     options = source_options(settings)
     assert options == {**EVENT_HUBS.source_options(), "failOnDataLoss": "true"}
     assert client_config(options) == {
