@@ -54,7 +54,6 @@ class Transfer:
     files: int  # in the day's manifest
     sent: int  # uploaded or downloaded by this run
     sent_bytes: int
-    seconds: float = 0.0
 
     def summary(self, verb: str) -> str:
         return (f"{verb} {self.day}: {self.sent} of {self.files} files ({self.sent_bytes / 1e6:,.1f} MB); "
@@ -108,9 +107,6 @@ def _day_prefixes(names: list[str], day: date) -> set[str]:
 
 def export_day(settings: Settings, day: date, container: BlobContainer | None = None) -> Transfer:
     """Upload day `day` (see the module's docstring); raise `BlobStorageError` (one line) on a refusal."""
-    import time
-
-    started = time.monotonic()
     container = container or open_container(settings)
     local = day_files(settings, day)
     if not any(name.startswith(RESTORED) for name in local):
@@ -138,7 +134,7 @@ def export_day(settings: Settings, day: date, container: BlobContainer | None = 
     if old_manifest is None or old_manifest.md5 != bytes_md5(manifest):
         container.upload_bytes(manifest, manifest_name(day))
     sent_bytes = sum(file.bytes for file in missing)
-    transfer = Transfer(day, len(files), len(missing), sent_bytes, time.monotonic() - started)
+    transfer = Transfer(day, len(files), len(missing), sent_bytes)
     log.info("%s to container %r", transfer.summary("exported"), container.name)
     return transfer
 
@@ -157,9 +153,6 @@ def restore_day(settings: Settings, day: date, data_dir: Path | None = None,
     """Download day `day`'s raw partitions and quarantine into `<data_dir>/lake/` (default: the configured
     data directory), checking each file's MD5 against the manifest. A file already there with the manifest's
     MD5 is kept; one with other content is refused, not replaced."""
-    import time
-
-    started = time.monotonic()
     container = container or open_container(settings)
     target_dir = (data_dir or settings.data_dir).resolve()
     wanted = [file for file in read_manifest(container, day) if file.name.startswith(RESTORED)]
@@ -192,8 +185,6 @@ def restore_day(settings: Settings, day: date, data_dir: Path | None = None,
     with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
         for _ in pool.map(download, missing):
             pass
-    transfer = Transfer(
-        day, len(wanted), len(missing), sum(f.bytes for f in missing), time.monotonic() - started
-    )
+    transfer = Transfer(day, len(wanted), len(missing), sum(f.bytes for f in missing))
     log.info("%s into %s", transfer.summary("restored"), target_dir)
     return transfer
