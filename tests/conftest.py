@@ -107,6 +107,25 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A Spark standalone master and one worker on loopback (tests/spark_cluster.py), for a module."""
+    from tests.spark_cluster import running_spark_cluster
+
+    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
+
+
+def new_database(postgres_url: str) -> str:
+    """A database of its own on the session's PostgreSQL (`postgres_url`); its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"lambdaflow_{uuid.uuid4().hex[:12]}"
+    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL on 127.0.0.1 (trust auth, its own data directory), for the session."""

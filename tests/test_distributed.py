@@ -8,39 +8,22 @@ jar shipped from the driver, the lake and the checkpoints written by executor pr
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from cli.services import BATCH_DAY, services
 from lambdaflow import store
 from lambdaflow.views import VIEWS
 from tests import ground_truth
 from tests.batch.test_recompute import assert_same, store_rows, topic_events
-from tests.conftest import ROOT, run_cli, settings_env
-from tests.spark_cluster import SparkCluster, running_spark_cluster
+from tests.conftest import ROOT, new_database, run_cli, settings_env
 from tests.speed.test_stream_restart import KILL_SETTINGS, kill_9_mid_stream_then_restart
 from tests.speed.test_streams import compare, store_frame, topic_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.1", "--malformed", "0.03"]
 COUNT = 4000
-
-
-@pytest.fixture(scope="module")
-def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
-    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
-        yield cluster
-
-
-def new_database(postgres_url: str) -> str:
-    """A database of its own on the session's PostgreSQL, as the compose file's store is; its URL."""
-    name = f"lambdaflow_{uuid.uuid4().hex[:12]}"
-    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -5,21 +5,13 @@ it was."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
+from tests.conftest import new_database
 from tests.dags.test_backfill import backfill_three_days_then_one_again
-from tests.spark_cluster import SparkCluster, running_spark_cluster
-from tests.test_distributed import new_database
+from tests.spark_cluster import SparkCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
-    with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, text
+
+from tests.conftest import new_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None  # the default: <data dir>/serving.db
-    server = request.getfixturevalue("postgres_url")
-    name = f"lambdaflow_{uuid.uuid4().hex[:12]}"
-    with create_engine(server, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    return server.rsplit("/", 1)[0] + "/" + name
+    return new_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
