@@ -28,10 +28,8 @@ from lambdaflow.azure_blob import (
     BlobStorageError,
     bytes_md5,
     file_md5,
-    temporary_name,
-    walk_files,
 )
-from lambdaflow.lake import day_dir
+from lambdaflow.lake import day_dir, temporary_name, walk_files
 from lambdaflow.settings import Settings
 
 log = logging.getLogger(__name__)

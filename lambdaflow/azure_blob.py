@@ -14,8 +14,6 @@ import base64
 import contextlib
 import hashlib
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,11 +157,6 @@ class BlobContainer:
         return _OneLineErrors(f"Azure Blob Storage ({self.conn_id}, container {self.name!r}): {doing}")
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden sibling of `path` to download into: lake readers skip names starting with '.'."""
-    return path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-
-
 class _OneLineErrors:
     """Turns the Azure SDK's multi-line errors into `BlobStorageError` with one line: what was being done,
     the service's error code and its first line."""
@@ -188,14 +181,3 @@ class _OneLineErrors:
         else:
             reason = f"{code}: {first}"
         raise BlobStorageError(f"{self.doing}: {reason}") from None
-
-
-def walk_files(folder: Path) -> Iterator[Path]:
-    """The visible files under `folder`, in name order: names starting with '.' or '_' are temporary files,
-    checksums or markers that lake readers skip too."""
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).parts
-        if path.is_file() and not any(part.startswith((".", "_")) for part in relative):
-            yield path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -83,10 +84,27 @@ def day_dir(base: Path, day: date) -> Path:
     return base / f"date={day.isoformat()}"
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden sibling of `path` to write into before an atomic rename: lake readers skip names starting
+    with '.'."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+
+
+def walk_files(folder: Path) -> Iterator[Path]:
+    """The visible files under `folder`, in name order: names starting with '.' or '_' are temporary files,
+    checksums or markers that lake readers skip too."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if path.is_file() and not any(part.startswith((".", "_")) for part in relative):
+            yield path
+
+
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     """Write `table` to `path` through a hidden temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    temporary = temporary_name(path)
     try:
         pq.write_table(table, temporary, compression="snappy")
         os.replace(temporary, path)
