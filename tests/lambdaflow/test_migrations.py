@@ -10,6 +10,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -231,3 +233,37 @@ def test_the_command_line_upgrades_a_store_of_the_previous_release_and_says_wher
     assert upgraded.stdout.strip() == f"store at revision {head}"
     assert "stamped at the baseline" in upgraded.stderr and "alembic" not in upgraded.stderr
     assert after.strip() == f"store at revision {head}, newest {head}"
+
+
+COMMIT_ROW = "INSERT OR REPLACE INTO speed_commits (query, checkpoint_id, batch_id, committed_at) " \
+             "VALUES ('q', 'c', ?, '2026-12-03 00:00:00')"  # fmt: skip
+
+
+def test_an_upgrade_waits_for_a_process_writing_to_the_store(tmp_path):
+    """A migrating process meets the streaming writer of a running stack: it waits for the write lock rather
+    than failing when a write lands between its reading the schema and changing it."""
+    database = tmp_path / "serving.db"
+    engine = store.engine(f"sqlite:///{database}")
+    extended, view_tables = with_a_new_view(store.metadata)
+    stop = threading.Event()
+    writes = itertools.count()
+
+    def write_until_stopped() -> None:
+        with sqlite3.connect(database, timeout=10, isolation_level=None) as writer:
+            while not stop.is_set():
+                batch = next(writes)
+                writer.execute("BEGIN IMMEDIATE")
+                writer.execute(COMMIT_ROW, (batch,))
+                writer.execute("COMMIT")
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=write_until_stopped)
+    writer.start()
+    try:
+        while next(writes) < 50:  # the writer is busy
+            time.sleep(0.001)
+        migrations.upgrade(engine, extended, view_tables)
+    finally:
+        stop.set()
+        writer.join()
+    assert differences(engine, extended) == []
