@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.batch import DAY, EVENTS_PER_TOPIC, TOPICS, write_day
 from benchmarks.common import Result
-from tests.azurite import running_azurite
+from local_services.azurite import running_azurite
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 CONN_ID = "lambdaflow_bench_azure"

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from benchmarks.common import PeakMemory, Result, lambdaflow
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, write_parquet_atomically
-from tests.spark_cluster import running_spark_cluster
+from local_services.spark_cluster import running_spark_cluster
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EVENTS_PER_TOPIC = int(os.environ.get("BENCH_BATCH_EVENTS_PER_TOPIC", "5000000"))

@@ -100,8 +100,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory):
-    """Azurite's Blob service for the session (tests/azurite.py); each test uses its own container."""
-    from tests.azurite import running_azurite
+    """Azurite's Blob service for the session (local_services/azurite.py); each test uses its own
+    container."""
+    from local_services.azurite import running_azurite
 
     with running_azurite(tmp_path_factory.mktemp("azurite")) as running:
         yield running
@@ -109,8 +110,9 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A Spark standalone master and one worker on loopback (tests/spark_cluster.py), for a module."""
-    from tests.spark_cluster import running_spark_cluster
+    """A Spark standalone master and one worker on loopback (local_services/spark_cluster.py), for a
+    module."""
+    from local_services.spark_cluster import running_spark_cluster
 
     with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
         yield cluster

@@ -25,7 +25,7 @@ from batch.lake_backup import export_day, manifest_name, restore_day
 from lambdaflow.azure_blob import BlobStorageError
 from lambdaflow.lake import QUARANTINE_SCHEMA, day_dir, quarantine_dir, raw_dir, view_dir
 from lambdaflow.settings import load_settings
-from tests.azurite import ACCOUNT_KEY
+from local_services.azurite import ACCOUNT_KEY
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """The DAG's backfill as docker-compose.yaml runs it: its Spark work on a standalone cluster
-(tests/spark_cluster.py, started with the services' commands), the store and Airflow's metadata on
+(local_services/spark_cluster.py, started with the services' commands), the store and Airflow's metadata on
 PostgreSQL; the same days published equal to the ground truth, and a day backfilled again leaves the store as
 it was."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from local_services.spark_cluster import SparkCluster
 from tests.conftest import new_database
 from tests.dags.test_backfill import backfill_three_days_then_one_again
-from tests.spark_cluster import SparkCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNEL = "lambdaflow"
 LAYERS = ("ingestion", "speed", "batch", "serving", "expectations")
 COMPOSITION_ROOT = "cli"
-PACKAGES = (KERNEL, *LAYERS, COMPOSITION_ROOT, "dags", "benchmarks", "tests")
+# what tests and benchmarks start on this machine in place of production's services
+LOCAL_SERVICES = "local_services"
+PACKAGES = (KERNEL, *LAYERS, COMPOSITION_ROOT, "dags", LOCAL_SERVICES, "benchmarks", "tests")
 
 
 @dataclass(frozen=True)
@@ -110,19 +112,28 @@ def _where(found: Import) -> str:
 
 
 def test_the_kernel_imports_no_layer_and_not_the_composition_root():
-    above = {*LAYERS, COMPOSITION_ROOT, "dags", "benchmarks", "tests"}
+    above = {*LAYERS, COMPOSITION_ROOT, "dags", LOCAL_SERVICES, "benchmarks", "tests"}
     wrong = [_where(i) for i in _all_imports() if _top(i.module) == KERNEL and _top(i.target) in above]
     assert not wrong, "the kernel must import nothing above it:\n" + "\n".join(wrong)
 
 
 def test_a_layer_imports_the_kernel_and_no_other_layer():
-    forbidden = {*LAYERS, COMPOSITION_ROOT, "dags", "benchmarks", "tests"}
+    forbidden = {*LAYERS, COMPOSITION_ROOT, "dags", LOCAL_SERVICES, "benchmarks", "tests"}
     wrong = [
         _where(i)
         for i in _all_imports()
         if _top(i.module) in LAYERS and _top(i.target) in forbidden and _top(i.target) != _top(i.module)
     ]
     assert not wrong, "a layer imports only the kernel (and itself):\n" + "\n".join(wrong)
+
+
+def test_benchmarks_and_local_services_import_no_test_module():
+    wrong = [
+        _where(i)
+        for i in _all_imports()
+        if _top(i.module) in {"benchmarks", LOCAL_SERVICES} and _top(i.target) == "tests"
+    ]
+    assert not wrong, "benchmarks and the local services do not depend on the tests:\n" + "\n".join(wrong)
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
