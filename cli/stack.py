@@ -203,6 +203,10 @@ def airflow_env(
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__BASE_URL": url,
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets_["jwt_secret"].value,
+        # the scheduler, started with the API server, may hand a worker the DAG's first task before the API
+        # server answers: with 10 tries (waits growing to minutes) the worker waits for it, where Airflow's 5
+        # gave up within seconds and the task failed its first try, then waited out the retry delay
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         # the DAG starts with the lake: its history's first day, else today (catching up from the default
         # start date would queue empty days)
