@@ -67,7 +67,7 @@ def wait_for_backfill(api: AirflowApi, backfill_id: int, timeout_s: float) -> No
     deadline = time.monotonic() + timeout_s
     while not (backfill := api.get(f"/api/v2/backfills/{backfill_id}"))["completed_at"]:
         assert time.monotonic() < deadline, f"the backfill did not complete in time: {backfill}"
-        time.sleep(5)
+        time.sleep(2)
 
 
 def wait_for_runs(api: AirflowApi, days: list[date], run_type: str | None, timeout_s: float, after: str = "",
@@ -88,7 +88,7 @@ def wait_for_runs(api: AirflowApi, days: list[date], run_type: str | None, timeo
         if all(by_day.get(day) == "success" for day in days):
             return runs
         assert time.monotonic() < deadline, f"{run_type} runs of {days} did not succeed in time: {by_day}"
-        time.sleep(5)
+        time.sleep(2)
 
 
 @contextmanager
