@@ -33,7 +33,7 @@ with DAG(
     max_active_runs=1,
     default_args={
         "retries": settings.batch_retries,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=settings.batch_retry_delay_seconds),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=20),
     },

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
 
     batch_start_date: date = date(2026, 1, 1)  # the batch DAG's first data interval
     batch_retries: int = Field(2, ge=0, le=10)  # per task, with exponential backoff
+    batch_retry_delay_seconds: int = Field(60, ge=1)  # before a task's first retry; doubles each retry
     batch_lake_poke_seconds: int = Field(60, ge=1)  # how often the DAG's lake sensor checks
     batch_lake_timeout_hours: float = Field(12.0, gt=0)  # then the day's run fails
     quality_min_rows: int = Field(1, ge=0)  # a raw day's expected row-count band
