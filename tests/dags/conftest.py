@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -25,15 +26,50 @@ os.environ.update(AIRFLOW_ENV)
 AIRFLOW = str(ROOT / ".venv" / "bin" / "airflow")
 
 
+def migrate_metadata(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> None:
+    """`airflow db migrate` of the metadata database at `database_url`, once for the session: each test
+    gets a copy of it (SQLite) or a database made from it (PostgreSQL), not a migration of its own."""
+    home = tmp_path_factory.mktemp("airflow-migrated")
+    env = {
+        **os.environ,
+        **AIRFLOW_ENV,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+    }
+    airflow(["db", "migrate"], env)
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_metadata(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite metadata database for the tests to copy."""
+    path = tmp_path_factory.mktemp("airflow-sqlite") / "airflow.db"
+    migrate_metadata(tmp_path_factory, f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_metadata(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated metadata database on the session's PostgreSQL, the template of each test's; its name."""
+    from sqlalchemy import create_engine, text
+
+    name = f"airflow_template_{uuid.uuid4().hex[:10]}"
+    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    migrate_metadata(tmp_path_factory, postgres_url.rsplit("/", 1)[0] + "/" + name)
+    return name
+
+
 @pytest.fixture
-def airflow_env(settings, tmp_path, azurite) -> dict[str, str]:
+def airflow_env(settings, tmp_path, azurite, migrated_sqlite_metadata) -> dict[str, str]:
     """The environment of an `airflow` command for this test: its own metadata database (SQLite, migrated),
     the test's lambdaflow settings, and the lake's Azure copy going to its own container on Azurite."""
     env = {**settings_env(settings), **AIRFLOW_ENV, "AIRFLOW_HOME": str(tmp_path / "airflow")}
     env.update(azurite.env(settings.azure_conn_id), LAMBDAFLOW_AZURE_CONTAINER=f"dag-{uuid.uuid4().hex[:12]}")
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
+    database = tmp_path / "airflow" / "airflow.db"
+    database.parent.mkdir()
+    shutil.copyfile(migrated_sqlite_metadata, database)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{database}"
     env["LAMBDAFLOW_BATCH_RETRIES"] = "0"  # a failure fails the test at once, not after the backoff
-    airflow(["db", "migrate"], env)
     return env
 
 
@@ -54,7 +90,7 @@ def lambdaflow_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def airflow_services(settings, postgres_url, tmp_path, lambdaflow_env):
+def airflow_services(settings, postgres_url, migrated_postgres_metadata, tmp_path, lambdaflow_env):
     """A running Airflow (scheduler, DAG processor, API server for the task SDK; LocalExecutor) with its
     metadata on a throwaway PostgreSQL database, each component started with docker-compose.yaml's command
     for it (cli/services.py). Yields (env, metadata URL)."""
@@ -69,7 +105,7 @@ def airflow_services(settings, postgres_url, tmp_path, lambdaflow_env):
 
     name = f"airflow_{uuid.uuid4().hex[:10]}"
     with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
+        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {migrated_postgres_metadata}"))
     metadata_url = postgres_url.rsplit("/", 1)[0] + "/" + name
     port = free_port()
     env = {**settings_env(settings), **AIRFLOW_ENV, "AIRFLOW_HOME": str(tmp_path / "airflow")}
@@ -91,7 +127,6 @@ def airflow_services(settings, postgres_url, tmp_path, lambdaflow_env):
         "LAMBDAFLOW_BATCH_START_DATE": time.strftime("%Y-%m-%d", time.gmtime()),
     })  # fmt: skip
     env.update(lambdaflow_env)
-    airflow(["db", "migrate"], env)
     airflow(["dags", "reserialize"], env)
     logs = tmp_path / "airflow-logs"
     logs.mkdir()
