@@ -12,7 +12,9 @@ producer, at the IoT share of the rate: what the design gives one query on this 
 Throughput: the speed queries drain a backlog of IoT readings and user activity with `stream --once`, 100k
 events a trigger. The rate is sustained, once warm: the events beyond one trigger's worth over the time
 beyond that of the same run over one trigger's worth (which pays Spark's start-up and shutdown and each
-query's first, cold micro-batch: JIT, code generation, Python workers).
+query's first, cold micro-batch: JIT, code generation, Python workers). The same drain also runs on a
+standalone cluster (one worker, 2 cores, started with docker-compose.yaml's commands) in the same run, as
+docker-compose.yaml's stream submits to it; `BENCH_SPEED_CLUSTER=0` skips it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,12 +53,16 @@ from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
 from lambdaflow.kafka import KafkaConnection
 from lambdaflow.lake import archiver_status_path
+from local_services.spark_cluster import running_spark_cluster
 from speed.queries import QUERY_PARTS
 
 RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
 SPEED_QUERIES = ",".join(part for parts in QUERY_PARTS.values() for part in parts)
 BACKLOG_PER_TOPIC = 500_000
 PER_TRIGGER = 100_000
+CLUSTER = __import__("os").environ.get("BENCH_SPEED_CLUSTER", "1") != "0"  # 0: local mode only
+# the stream's executor as docker-compose.yaml submits it (LAMBDAFLOW_STREAM_EXECUTOR_MEMORY's default)
+STREAM_EXECUTOR_MEMORY = "2g"
 FRESHNESS_RATE = int(__import__("os").environ.get("BENCH_FRESHNESS_RATE", "5000"))  # the target's rate
 FRESHNESS_RATES = {"iot": FRESHNESS_RATE * 3 // 5, "activity": FRESHNESS_RATE * 2 // 5}
 # the app's command and, per query, a view whose first row says the query has processed data
@@ -90,27 +97,55 @@ def _run_once(env: dict[str, str]) -> tuple[float, PeakMemory]:
     return time.monotonic() - started, memory
 
 
+def _drain_rate(
+    env: dict[str, str], work: Path, name: str, loaded: dict[str, str], warm_up: dict[str, str]
+) -> tuple[float, float, float, PeakMemory]:
+    """The backlog's events/s once warm (see the module's docstring), the full and warm-up runs' seconds and
+    the full run's memory."""
+    warm_up_s, _ = _run_once({**_env_at(env, work / f"{name}-warm-up"), **warm_up})
+    full_s, memory = _run_once({**_env_at(env, work / name), **loaded})
+    for path in (work / f"{name}-warm-up", work / name):
+        shutil.rmtree(path, ignore_errors=True)
+    return 2 * (BACKLOG_PER_TOPIC - PER_TRIGGER) / max(full_s - warm_up_s, 1e-3), full_s, warm_up_s, memory
+
+
+def _env_at(env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    return {**env, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
+
+
 def throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
     loaded, warm_up = _topics("bench_speed"), _topics("bench_speed_warm_up")
     for topics, count in ((loaded, BACKLOG_PER_TOPIC), (warm_up, PER_TRIGGER)):
         subprocess_topics(_env(broker, work / "speed-load", **topics))
         for kind in ("iot", "activity"):
             _produce(_env(broker, work / "speed-load", **topics), kind, count)
-    rates, jvm_peaks, tree_peaks, floor_rates = [], [], [], []
-    per_trigger = {"LAMBDAFLOW_MAX_RECORDS_PER_TRIGGER": str(PER_TRIGGER)}
+    rates, jvm_peaks, tree_peaks, floor_rates, cluster_rates = [], [], [], [], []
+    env = _env(broker, work / "speed", LAMBDAFLOW_MAX_RECORDS_PER_TRIGGER=str(PER_TRIGGER))
     contracts = {loaded["LAMBDAFLOW_TOPIC_IOT"]: "iot_sensors",
                  loaded["LAMBDAFLOW_TOPIC_ACTIVITY"]: "user_activity"}  # fmt: skip
-    for run in range(RUNS):
-        floor_rates.append(consume_plainly(broker.bootstrap_servers, contracts, 2 * BACKLOG_PER_TOPIC))
-        warm_up_s, _ = _run_once(_env(broker, work / f"speed-warm-up-{run}", **warm_up, **per_trigger))
-        full_s, memory = _run_once(_env(broker, work / f"speed-{run}", **loaded, **per_trigger))
-        rates.append(2 * (BACKLOG_PER_TOPIC - PER_TRIGGER) / max(full_s - warm_up_s, 1e-3))
-        jvm_peaks.append(memory.peak_jvm_mib)
-        tree_peaks.append(memory.peak_mib)
-        print(f"  speed throughput run {run + 1}: {full_s:.1f} s for {BACKLOG_PER_TOPIC:,} a topic, "
-              f"{warm_up_s:.1f} s for {PER_TRIGGER:,}", flush=True)  # fmt: skip
-        for path in (work / f"speed-warm-up-{run}", work / f"speed-{run}"):
-            shutil.rmtree(path, ignore_errors=True)
+    cluster = running_spark_cluster(work / "spark-cluster") if CLUSTER else nullcontext(None)
+    with cluster as spark_cluster:
+        for run in range(RUNS):
+            floor_rates.append(consume_plainly(broker.bootstrap_servers, contracts, 2 * BACKLOG_PER_TOPIC))
+            rate, full_s, warm_up_s, memory = _drain_rate(env, work, f"speed-{run}", loaded, warm_up)
+            rates.append(rate)
+            jvm_peaks.append(memory.peak_jvm_mib)
+            tree_peaks.append(memory.peak_mib)
+            print(f"  speed throughput run {run + 1}: {full_s:.1f} s for {BACKLOG_PER_TOPIC:,} a topic, "
+                  f"{warm_up_s:.1f} s for {PER_TRIGGER:,}", flush=True)  # fmt: skip
+            if spark_cluster:
+                submit = f"--conf spark.executor.memory={STREAM_EXECUTOR_MEMORY} pyspark-shell"
+                cluster_env = {
+                    **env,
+                    "LAMBDAFLOW_SPARK_MASTER": spark_cluster.url,
+                    "PYSPARK_SUBMIT_ARGS": submit,
+                }
+                rate, full_s, warm_up_s, _ = _drain_rate(
+                    cluster_env, work, f"speed-cluster-{run}", loaded, warm_up
+                )
+                cluster_rates.append(rate)
+                print(f"    on the cluster: {full_s:.1f} s for {BACKLOG_PER_TOPIC:,} a topic, "
+                      f"{warm_up_s:.1f} s for {PER_TRIGGER:,}", flush=True)  # fmt: skip
     result = Result("speed queries: backlog drained once warm", "events/s", rates, "≥ 30,000",
                     floor_runs=floor_rates)  # fmt: skip
     result.notes["floor"] = "one librdkafka consumer reading and validating the same backlog"
@@ -124,7 +159,17 @@ def throughput(broker: EmbeddedBroker, work: Path) -> list[Result]:
     memory_result.notes["whole application (driver JVM + Python driver + workers), peak"] = (
         f"{max(tree_peaks):,.0f} MiB"
     )
-    return [result, memory_result]
+    if not cluster_rates:
+        return [result, memory_result]
+    # the drain's time on the cluster over its time in local mode, run by run: the rates' inverse ratio
+    ratios = [local / on_cluster for local, on_cluster in zip(rates, cluster_rates, strict=True)]
+    cluster_ratio = Result("speed drain: cluster (1 worker) / local mode", "x", ratios, "≤ 1.3")
+    cluster_ratio.meets_target = cluster_ratio.median <= 1.3
+    cluster_ratio.notes["cluster events/s"] = ", ".join(f"{rate:,.0f}" for rate in cluster_rates)
+    cluster_ratio.notes["executor"] = (
+        f"standalone cluster, 1 worker: 2 cores, {STREAM_EXECUTOR_MEMORY} (as docker-compose.yaml's stream)"
+    )
+    return [result, memory_result, cluster_ratio]
 
 
 def _probe(sensor_id: str) -> bytes:
