@@ -2,8 +2,9 @@
 
 The master dataset lives on one disk; everything else (the speed layer, the store, the views) can be
 recomputed from it, so it is what must survive losing the machine. A day's export holds its raw partitions
-of every topic, its quarantine, its recomputed views and the Data Docs pages, under the blob names of the
-data directory's layout (`lake/raw/<topic>/date=D/part-….parquet`, …, `quality/data_docs/…`). The day's
+of every topic, its quarantine, its recomputed views, its own Data Docs validation pages and the site's shared
+pages (index, expectation suites, static files; other days' pages went with their days), under the blob names
+of the data directory's layout (`lake/raw/<topic>/date=D/part-….parquet`, …, `quality/data_docs/…`). The day's
 manifest, `manifests/date=D/_manifest.json` (every file's name, bytes, rows and MD5), is uploaded last, and
 removed first when the day's content changed: a day without a manifest is incomplete. A blob already there
 with the same MD5 is not uploaded again, so re-running an export, or finishing a cut one, sends only what is
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -66,9 +69,23 @@ def open_container(settings: Settings) -> BlobContainer:
     return BlobContainer(settings.azure_conn_id, settings.azure_container)
 
 
+def _data_docs_folders(site: Path, day: date) -> Iterator[Path]:
+    """The Data Docs a day's export holds, as the site's top-level entries and the day's validation folders:
+    the gates name each validation run after its suite and day, `validations/<suite>/<suite>-D/`, so a day
+    neither reads nor lists the pages of the days before it."""
+    for entry in sorted(site.iterdir()) if site.is_dir() else ():
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.name == "validations" and entry.is_dir():
+            for suite in sorted(entry.iterdir()):
+                yield suite / f"{suite.name}-{day.isoformat()}"
+        else:
+            yield entry
+
+
 def day_files(settings: Settings, day: date) -> dict[str, Path]:
     """The files a day's export holds, by blob name: raw and quarantine of every topic, every view's day,
-    and the Data Docs site."""
+    the day's Data Docs validation pages and the site's shared pages."""
     data_dir = settings.data_dir.resolve()
     found: dict[str, Path] = {}
     for area in ("raw", "quarantine", "views"):
@@ -76,8 +93,9 @@ def day_files(settings: Settings, day: date) -> dict[str, Path]:
         for folder in sorted(base.iterdir()) if base.is_dir() else ():
             for path in walk_files(day_dir(folder, day)):
                 found[path.relative_to(data_dir).as_posix()] = path
-    for path in walk_files(data_dir / DATA_DOCS):
-        found[path.relative_to(data_dir).as_posix()] = path
+    for entry in _data_docs_folders(data_dir / DATA_DOCS, day):
+        for path in [entry] if entry.is_file() else walk_files(entry):
+            found[path.relative_to(data_dir).as_posix()] = path
     return found
 
 
@@ -97,10 +115,31 @@ def manifest_bytes(day: date, files: list[ManifestFile]) -> bytes:
     return json.dumps(body, indent=1).encode()
 
 
-def _day_prefixes(names: list[str], day: date) -> set[str]:
-    """The day's folders among the blob names (`lake/<area>/<name>/date=D/`)."""
+def _listed_prefixes(settings: Settings, day: date, names: list[str]) -> list[str]:
+    """The blob-name prefixes that hold the day's export: the day's lake folders among the names
+    (`lake/<area>/<name>/date=D/`), the Data Docs site's shared entries and the day's validation folders."""
+    data_dir = settings.data_dir.resolve()
     marker = f"/date={day.isoformat()}/"
-    return {name[: name.index(marker) + len(marker)] for name in names if marker in name}
+    prefixes = {name[: name.index(marker) + len(marker)] for name in names if marker in name}
+    prefixes.add(manifest_name(day))
+    for entry in _data_docs_folders(data_dir / DATA_DOCS, day):
+        prefixes.add(entry.relative_to(data_dir).as_posix() + ("" if entry.is_file() else "/"))
+    return sorted(prefixes)
+
+
+class _ManifestRemoval:
+    """Deletes the day's earlier manifest once, before the first blob of the day changes."""
+
+    def __init__(self, container: BlobContainer, day: date, present: bool) -> None:
+        self.container, self.day, self.present = container, day, present
+        self.removed = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self.present and not self.removed:
+                self.container.delete(manifest_name(self.day))
+                self.removed = True
 
 
 def export_day(settings: Settings, day: date, container: BlobContainer | None = None) -> Transfer:
@@ -110,29 +149,37 @@ def export_day(settings: Settings, day: date, container: BlobContainer | None = 
     if not any(name.startswith(RESTORED) for name in local):
         raise ValueError(f"the lake holds no raw events or quarantine for {day} under {settings.lake_dir}")
     container.create_if_missing()
-    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:  # MD5s and row counts read many small files
-        files = list(pool.map(lambda item: _describe(*item), local.items()))
-    manifest = manifest_bytes(day, files)
-
     remote = {}
-    for prefix in [*sorted(_day_prefixes(list(local), day)), DATA_DOCS + "/", manifest_name(day)]:
-        remote.update(container.list(prefix))
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:  # one listing request per prefix
+        for listed in pool.map(container.list, _listed_prefixes(settings, day, list(local))):
+            remote.update(listed)
     old_manifest = remote.get(manifest_name(day))
-    if old_manifest is not None and old_manifest.md5 != bytes_md5(manifest):
-        container.delete(manifest_name(day))  # the day is incomplete until its new manifest is up
-    missing = [file for file in files if remote.get(file.name) is None or remote[file.name].md5 != file.md5]
-    # one file's blocks are sent MAX_CONCURRENCY at a time; so are small files, which are one request each
+    remove_manifest = _ManifestRemoval(container, day, present=old_manifest is not None)
+
+    def send(name: str, path: Path) -> tuple[ManifestFile, bool]:
+        file = _describe(name, path)
+        if name in remote and remote[name].md5 == file.md5:
+            return file, False
+        remove_manifest()  # the day is incomplete until its new manifest is up
+        container.upload_file(path, name, file.md5)
+        return file, True
+
+    # each file is hashed and sent by one worker, so hashing overlaps the other workers' uploads; a file
+    # over the SDK's single-request size goes up in blocks, MAX_CONCURRENCY at a time
     with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
-        for _ in pool.map(lambda file: container.upload_file(local[file.name], file.name, file.md5), missing):
-            pass
+        described = list(pool.map(lambda item: send(*item), local.items()))
+    files = [file for file, _ in described]
+    sent = [file for file, was_sent in described if was_sent]
+    manifest = manifest_bytes(day, files)
+    if old_manifest is not None and old_manifest.md5 != bytes_md5(manifest):
+        remove_manifest()
     stale = [name for name in remote if name not in local and f"/date={day.isoformat()}/" in name
              and name.startswith("lake/")]  # fmt: skip
     for name in stale:  # files of an earlier recompute of the day (Spark names its parts afresh)
         container.delete(name)
-    if old_manifest is None or old_manifest.md5 != bytes_md5(manifest):
+    if old_manifest is None or remove_manifest.removed:
         container.upload_bytes(manifest, manifest_name(day))
-    sent_bytes = sum(file.bytes for file in missing)
-    transfer = Transfer(day, len(files), len(missing), sent_bytes)
+    transfer = Transfer(day, len(files), len(sent), sum(file.bytes for file in sent))
     log.info("%s to container %r", transfer.summary("exported"), container.name)
     return transfer
 

@@ -68,11 +68,16 @@ def write_lake_day(settings, day: date = DAY, files: int = 3, value_bytes: int =
         other = day_dir(area, day - timedelta(days=1))
         other.mkdir(parents=True, exist_ok=True)
         pq.write_table(_quarantine_table(3), other / "part-0000000000-0000.parquet")
+    # Data Docs as Great Expectations lays them out: the day's validation page and the shared pages go
+    # with the day, another day's validation page stays home
     docs = settings.quality_dir / "data_docs"
-    (docs / "validations").mkdir(parents=True, exist_ok=True)
-    (docs / "index.html").write_text("<html>index</html>")
-    (docs / "validations" / "raw.html").write_text("<html>raw</html>")
-    for path in (docs / "index.html", docs / "validations" / "raw.html"):
+    suite = docs / "validations" / "raw_iot"
+    pages = [docs / "index.html", docs / "static" / "styles" / "site.css",
+             suite / f"raw_iot-{day}" / "20260505T010203.000000Z" / "lambdaflow-raw_iot.html"]  # fmt: skip
+    for path in [*pages, suite / f"raw_iot-{day - timedelta(days=1)}" / "20260504T010203.000000Z" / "x.html"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"<html>{path.name}</html>")
+    for path in pages:
         expected[path.relative_to(settings.data_dir.resolve()).as_posix()] = path
     return expected
 
