@@ -108,10 +108,10 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A Spark standalone master and one worker on loopback (local_services/spark_cluster.py), for a
-    module."""
+    """A Spark standalone master and one worker on loopback (local_services/spark_cluster.py), for the
+    session: a test tells its own applications by the ones registered after it started."""
     from local_services.spark_cluster import running_spark_cluster
 
     with running_spark_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:

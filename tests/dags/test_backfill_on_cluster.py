@@ -29,8 +29,9 @@ def lambdaflow_env(spark_cluster: SparkCluster, settings) -> dict[str, str]:
 def test_backfill_on_the_cluster_publishes_the_days_and_a_rerun_is_idempotent(
     spark, settings, airflow_services, spark_cluster
 ):
+    before = len(spark_cluster.applications())
     backfill_three_days_then_one_again(spark, settings, airflow_services)
     # each run's recompute was an application of the cluster: three days, then one of them again
-    recomputes = spark_cluster.applications()
+    recomputes = spark_cluster.applications()[before:]
     assert len(recomputes) == 4 and len(set(recomputes)) == 3, recomputes
     assert all(name.startswith("lambdaflow-batch-") for name in recomputes), recomputes
