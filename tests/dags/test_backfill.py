@@ -19,7 +19,7 @@ from tests.conftest import run_cli, settings_env
 from tests.dags.conftest import airflow
 
 pytestmark = pytest.mark.integration
-EVENTS = 6000
+EVENTS = 6000  # over three days
 
 
 def wait_for_backfills(metadata_url: str, expected: int, timeout_s: float = 900) -> list:
@@ -43,19 +43,21 @@ def wait_for_backfills(metadata_url: str, expected: int, timeout_s: float = 900)
 
 @pytest.mark.timeout(1500)
 def test_backfill_of_three_days_publishes_them_and_a_rerun_is_idempotent(spark, settings, airflow_services):
-    backfill_three_days_then_one_again(spark, settings, airflow_services)
+    backfill_days_then_one_again(spark, settings, airflow_services, count=3)
 
 
-def backfill_three_days_then_one_again(spark, settings, airflow_services) -> None:
-    """The test's steps; test_backfill_on_cluster runs them with the DAG's Spark work on a cluster."""
+def backfill_days_then_one_again(spark, settings, airflow_services, count: int) -> None:
+    """The test's steps over `count` days; test_backfill_on_cluster runs them with the DAG's Spark work on a
+    cluster."""
     env, metadata_url = airflow_services
     today = datetime.now(UTC).date()
-    days = [today - timedelta(days=n) for n in (4, 3, 2)]
-    # events from D1 00:00 to about D3+1 05:00 (--count includes duplicates and malformed records, ~8 %):
-    # the lake is complete for the three days
-    span_s = timedelta(days=3, hours=12).total_seconds()
+    days = [today - timedelta(days=n) for n in range(count + 1, 1, -1)]
+    events = EVENTS * count // 3  # as many a day, whatever the count
+    # events from the first day's 00:00 to about 05:00 after the last (--count includes duplicates and
+    # malformed records, ~8 %): the lake is complete for the days
+    span_s = timedelta(days=count, hours=12).total_seconds()
     for kind in ("iot", "activity"):
-        run_cli(["produce", kind, "--count", str(EVENTS), "--rate", f"{EVENTS / span_s:.6f}",
+        run_cli(["produce", kind, "--count", str(events), "--rate", f"{events / span_s:.6f}",
                  "--start", f"{days[0]}T00:00:00Z", "--seed", "13", "--duplicates", "0.05",
                  "--out-of-order", "0.1", "--malformed", "0.03"], settings_env(settings))  # fmt: skip
     archiver = start_archiver(spark, settings, once=True)
@@ -71,8 +73,8 @@ def backfill_three_days_then_one_again(spark, settings, airflow_services) -> Non
 
     engine = store.engine(settings.resolved_store_url)
     frames = {
-        "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors", EVENTS),
-        "user_activity": topic_events(settings, settings.topic_activity, "user_activity", EVENTS),
+        "iot_sensors": topic_events(settings, settings.topic_iot, "iot_sensors", events),
+        "user_activity": topic_events(settings, settings.topic_activity, "user_activity", events),
     }
     for name, view in VIEWS.items():
         frame = frames[view.contract]
@@ -88,7 +90,7 @@ def backfill_three_days_then_one_again(spark, settings, airflow_services) -> Non
     airflow(["backfill", "create", "--dag-id", "lambdaflow_batch", "--from-date", str(days[1]),
              "--to-date", str(days[1]), "--reprocess-behavior", "completed"], env)  # fmt: skip
     runs = wait_for_backfills(metadata_url, 2, timeout_s=600)
-    assert [r.state for r in runs if r.run_type == "backfill"] == ["success"] * 3
+    assert [r.state for r in runs if r.run_type == "backfill"] == ["success"] * (count + 1)
     again = dump(engine)
     quality_before, quality_after = published.pop("quality_runs"), again.pop("quality_runs")
     assert again == published, "backfilling a published day again changed the store"
