@@ -210,6 +210,10 @@ def spark_session(
         .config("spark.sql.streaming.checkpointFileManagerClass", FILE_SYSTEM_CHECKPOINTS)
         .config("spark.sql.warehouse.dir", str(settings.data_dir.resolve() / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"{derby_home} {jvm_tuning} {class_sharing}".strip())
+        # A cluster's executors run the work local mode's one JVM runs, so they get its tuning and its class
+        # archive (their class path is the driver's; the image has the archive at the same path). Local mode
+        # starts no executor JVM and ignores this.
+        .config("spark.executor.extraJavaOptions", f"{jvm_tuning} {archive_java_options()}".strip())
         .config("spark.jars", str(spark_jar()))  # lambdaflow's own Spark classes: the stream's dedupe
         # Streaming state (the dedupe's event ids, a watermark's worth: millions) is off the JVM heap in
         # RocksDB, which the dedupe's transformWithState requires. Spark's default store keeps every id on the
