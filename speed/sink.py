@@ -5,12 +5,9 @@ the sink then skips, so every event counts once."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +22,7 @@ from lambdaflow.views import VIEWS, Parameters
 from lambdaflow.views.spark import SPARK_VIEWS
 from speed.alert_candidates import new_alerts, reading_alert_candidates, stored_baselines
 from speed.alert_delivery import publish_alerts
-from speed.alerts import Baselines, Thresholds, reading_alerts, session_alerts
+from speed.alerts import Thresholds, reading_alerts, session_alerts
 from speed.progress import count_stored_alerts
 from speed.queries import ALERTS, query_name
 from speed.view_writes import merge_view, write_view
@@ -56,7 +53,8 @@ class SpeedSink:
             baselines = stored_baselines(connection) if ALERTS in self.parts else {}
         batch.persist()
         try:
-            partials, readings = self._computed_in_spark(batch, views, thresholds, baselines)
+            partials = {view: self._partial_rows(batch, view) for view in views}
+            readings = reading_alert_candidates(batch, thresholds, baselines) if ALERTS in self.parts else []
         finally:
             batch.unpersist()
         spark_s = time.monotonic() - started
@@ -99,24 +97,6 @@ class SpeedSink:
         log.info("%s batch %d: %s; %d new alerts in %.2f s (Spark %.2f s)", self.name, batch_id,
                  ", ".join(f"{len(done.rows)} {view} rows" for view, done in merged.items()) or "no rows",
                  len(new), time.monotonic() - started, spark_s)  # fmt: skip
-
-    def _computed_in_spark(
-        self, batch: DataFrame, views: list[str], thresholds: Thresholds, baselines: Baselines
-    ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-        """The views' partial rows and the alert candidates. The first job fills the persisted batch; the
-        others then run together, since each alone leaves the executor's cores idle for part of its run."""
-        jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {
-            view: functools.partial(self._partial_rows, batch, view) for view in views
-        }
-        if ALERTS in self.parts:
-            jobs[ALERTS] = functools.partial(reading_alert_candidates, batch, thresholds, baselines)
-        names = list(jobs)
-        results = {names[0]: jobs[names[0]]()} if names else {}
-        if len(names) > 1:
-            with ThreadPoolExecutor(len(names) - 1, thread_name_prefix=f"{self.name}-job") as pool:
-                futures = {name: pool.submit(jobs[name]) for name in names[1:]}
-                results |= {name: future.result() for name, future in futures.items()}
-        return {view: results[view] for view in views}, results.get(ALERTS, [])
 
     def _partial_rows(self, batch: DataFrame, view: str) -> list[dict[str, Any]]:
         parameters = Parameters.from_settings(self.settings)
