@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from honcho.manager import Manager
 
@@ -56,6 +56,23 @@ class StagedManager(Manager):
             return
         self._terminating = True
         threading.Thread(target=self._stop_in_stages, name="stop-in-stages", daemon=True).start()
+
+    def _start(self) -> None:
+        # honcho has just installed its SIGINT/SIGTERM handlers: a second signal while the stages run stops
+        # every process at once (the streaming app's checkpoints make a kill safe), as the stream's own does
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._second_signal_kills(signal.getsignal(signum)))
+        super()._start()
+
+    def _second_signal_kills(self, honchos: Any) -> Callable[[int, Any], None]:
+        def handle(signum: int, frame: Any) -> None:
+            if not self._terminating:
+                honchos(signum, frame)
+                return
+            self._system_print(f"{signal.Signals(signum).name} again: stopping everything at once\n")
+            self._signal(self._running(), force=True)
+
+        return handle
 
     def kill(self) -> None:
         if self._staged.is_set():  # honcho's loop asks 5 s after the first exit; the stages decide till then

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -372,3 +373,29 @@ def airflow_get(port: int, path: str) -> dict:
     status, body = get(base + path, token)
     assert status == 200, body
     return body
+
+
+STUBBORN_MANAGER = """
+from cli.stack import StagedManager
+manager = StagedManager([(("stubborn",), 120.0)], alone=frozenset())
+manager.add_process("stubborn", "trap '' TERM; sleep 300 & wait")
+manager.loop()
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_what_the_first_lets_drain():
+    """The first SIGINT gives a process its stage's patience; a second kills it rather than wait that out."""
+    manager = subprocess.Popen([sys.executable, "-c", STUBBORN_MANAGER], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        time.sleep(2)  # honcho's handlers are in place once the process started
+        manager.send_signal(signal.SIGINT)
+        time.sleep(2)
+        assert manager.poll() is None, "a process that ignores SIGTERM was not given its patience"
+        manager.send_signal(signal.SIGINT)
+        output, _ = manager.communicate(timeout=15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(manager.pid, signal.SIGKILL)
+    assert "SIGINT again: stopping everything at once" in output, output
+    assert "sending SIGKILL to stubborn" in output, output
