@@ -59,48 +59,6 @@ def stack_env(data_dir) -> dict[str, str]:
     return env
 
 
-def test_up_runs_the_embedded_stack_and_stops_cleanly(tmp_path):
-    env = stack_env(tmp_path)
-    command = [*LAMBDAFLOW, "up", "--iot-rate", "50", "--activity-rate", "50"]
-    stack = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        status = tmp_path / "status" / "archiver.json"
-        deadline = time.monotonic() + 180
-        archived = {}
-        while time.monotonic() < deadline and not (len(archived) == 2 and all(archived.values())):
-            assert stack.poll() is None, stack.stdout.read()
-            if status.exists():
-                archived = {t: s["valid"] for t, s in json.loads(status.read_text())["topics"].items()}
-            time.sleep(0.5)
-        assert set(archived) == {"iot_sensors", "user_activity"} and all(archived.values()), archived
-        for attempt in ("first", "second"):
-            seconds = marker_reaches_the_api(env, tmp_path)
-            print(f"{attempt} reading produced: served with source=speed after {seconds:.1f} s")
-        airflow_answers(int(env["LAMBDAFLOW_AIRFLOW_PORT"]))
-        pids = {stack.pid, *(p.pid for p in psutil.Process(stack.pid).children(recursive=True))}
-        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN and c.pid in pids}  # fmt: skip
-        served = {int(env["LAMBDAFLOW_SERVE_PORT"]), int(env["LAMBDAFLOW_AIRFLOW_PORT"])}
-        assert served <= {port for _, port in listening}, listening
-        loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # the JVM lists IPv4 loopback as IPv6-mapped
-        assert {ip for ip, _ in listening} <= loopback, f"a server listens beyond localhost: {listening}"
-
-        second = run_cli(["up"], env, timeout=60, check=False)
-        assert second.returncode == 1
-        assert len(second.stderr.strip().splitlines()) == 1
-        assert "lambdaflow is already running" in second.stderr
-        children = psutil.Process(stack.pid).children(recursive=True)
-        assert any("java" in child.name() for child in children), "no Spark JVM under the stack"
-    finally:
-        stack.send_signal(signal.SIGINT)
-        output, _ = stack.communicate(timeout=90)
-    assert "lambdaflow is up" in output
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, f"processes left running after Ctrl-C: {[p.name() for p in alive]}"
-
-
 def get(url: str, token: str | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -288,11 +246,13 @@ def stop_up(stack: subprocess.Popen, timeout_s: float = 240) -> None:
                 process.kill()
 
 
-def test_up_on_a_fresh_data_directory_sends_the_history_once(tmp_path):
-    """The first `up` sends a day of history through the demo producers, with their fault mix, before their
-    live events (the lake holds each valid history record once), and the DAG starts on that day (paused, as
-    LAMBDAFLOW_DEMO_DAG_UNPAUSED=false asks); a second `up` on the same directory says the history was sent
-    and sends none of it again."""
+def test_up_runs_the_stack_sends_the_history_once_and_stops_cleanly(tmp_path):
+    """The first `up` on a fresh directory sends a day of history through the demo producers, with their
+    fault mix, before their live events (the lake holds each valid history record once), and the DAG starts on
+    that day (paused, as LAMBDAFLOW_DEMO_DAG_UNPAUSED=false asks); the same running stack serves a reading
+    produced from the speed layer, Airflow answers with the admin password, every server listens on 127.0.0.1
+    only, a second `up` is refused, and Ctrl-C stops every process. A second `up` on the same directory says
+    the history was sent and sends none of it again."""
     env = {**stack_env(tmp_path), "LAMBDAFLOW_DEMO_HISTORY_DAYS": "1", "LAMBDAFLOW_DEMO_HISTORY_SECONDS": "5",
            "LAMBDAFLOW_DEMO_DAG_UNPAUSED": "false"}  # fmt: skip
     settings = load_settings(data_dir=tmp_path)
@@ -321,10 +281,10 @@ def test_up_on_a_fresh_data_directory_sends_the_history_once(tmp_path):
             while history_in_lake(settings, plans) != expected or archived_valid(tmp_path) <= archived_before:
                 assert stack.poll() is None, log_path.read_text()[-4000:]
                 assert time.monotonic() < deadline, f"{attempt} up: history or live events not in the lake"
-                time.sleep(2)
+                time.sleep(1)
             if attempt == "first":
                 markers = {topic: read_marker(tmp_path, topic) for topic in plans}
-                airflow_answers(int(env["LAMBDAFLOW_AIRFLOW_PORT"]))
+                children = the_running_stack_answers(stack, env, tmp_path)
                 dag = airflow_get(
                     int(env["LAMBDAFLOW_AIRFLOW_PORT"]), "/api/v2/dags/lambdaflow_batch/details"
                 )
@@ -335,8 +295,12 @@ def test_up_on_a_fresh_data_directory_sends_the_history_once(tmp_path):
             # lake before this run's live events
             archived_before = archived_valid(tmp_path)
         finally:
-            stop_up(stack)
+            stop_up(stack, timeout_s=90 if attempt == "first" else 240)
         outputs.append(log_path.read_text())
+        if attempt == "first":
+            assert "lambdaflow is up" in outputs[0]
+            _, alive = psutil.wait_procs(children, timeout=30)
+            assert not alive, f"processes left running after Ctrl-C: {[p.name() for p in alive]}"
     first, second = outputs
     day = plans[settings.topic_iot].first_day
     assert (
@@ -353,6 +317,39 @@ def test_up_on_a_fresh_data_directory_sends_the_history_once(tmp_path):
     )
     assert history_in_lake(settings, plans) == expected
     assert (tmp_path / "airflow").is_dir()
+
+
+def the_running_stack_answers(stack: subprocess.Popen, env: dict[str, str], data_dir: Path) -> list:
+    """Both topics archived, a reading served from the speed layer (twice), Airflow up with its DAG, every
+    server on loopback, a second `up` refused, Spark under the stack; return the stack's processes."""
+    status = data_dir / "status" / "archiver.json"
+    deadline = time.monotonic() + 180
+    archived = {}
+    while time.monotonic() < deadline and not (len(archived) == 2 and all(archived.values())):
+        assert stack.poll() is None
+        if status.exists():
+            archived = {t: s["valid"] for t, s in json.loads(status.read_text())["topics"].items()}
+        time.sleep(0.5)
+    assert set(archived) == {"iot_sensors", "user_activity"} and all(archived.values()), archived
+    for attempt in ("first", "second"):
+        seconds = marker_reaches_the_api(env, data_dir)
+        print(f"{attempt} reading produced: served with source=speed after {seconds:.1f} s")
+    airflow_answers(int(env["LAMBDAFLOW_AIRFLOW_PORT"]))
+    pids = {stack.pid, *(p.pid for p in psutil.Process(stack.pid).children(recursive=True))}
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids}  # fmt: skip
+    served = {int(env["LAMBDAFLOW_SERVE_PORT"]), int(env["LAMBDAFLOW_AIRFLOW_PORT"])}
+    assert served <= {port for _, port in listening}, listening
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # the JVM lists IPv4 loopback as IPv6-mapped
+    assert {ip for ip, _ in listening} <= loopback, f"a server listens beyond localhost: {listening}"
+
+    second = run_cli(["up"], env, timeout=60, check=False)
+    assert second.returncode == 1
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert "lambdaflow is already running" in second.stderr
+    children = psutil.Process(stack.pid).children(recursive=True)
+    assert any("java" in child.name() for child in children), "no Spark JVM under the stack"
+    return children
 
 
 def archived_valid(data_dir) -> int:
