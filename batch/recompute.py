@@ -149,9 +149,7 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
 def _finished_from(view: View, carrier: View, parameters: Parameters) -> bool:
     """Whether the batch layer finishes `view` from the carrier's per-window rows: the carrier itself, or a
     view that declares it its input and whose windows are whole numbers of the carrier's."""
-    return view.name == carrier.name or (
-        view.batch_input == carrier.name and view.window(parameters) % carrier.window(parameters) == 0
-    )
+    return view.name == carrier.name or view.rolled_up_from(carrier, parameters)
 
 
 def _late_events_carrier(views: list[View], parameters: Parameters) -> View:

@@ -76,6 +76,16 @@ def merge_windows(
     return merged
 
 
+def combine_by_key(increment: Increment, keys: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
+    """Partial rows with one row per key, those of a key combined (e.g. finer windows rolled up)."""
+    by_key: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        key = _key(row, keys)
+        old = by_key.get(key)
+        by_key[key] = row if old is None else combine(increment, old, row)
+    return list(by_key.values())
+
+
 def _key(row: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(aware(row[k]) if isinstance(row[k], datetime) else row[k] for k in keys)
 

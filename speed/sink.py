@@ -5,8 +5,10 @@ the sink then skips, so every event counts once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from lambdaflow.views.spark import SPARK_VIEWS
 from speed.alert_candidates import new_alerts, reading_alert_candidates, stored_baselines
 from speed.alert_delivery import publish_alerts
 from speed.alerts import Thresholds, reading_alerts, session_alerts
+from speed.increments import combine_by_key
 from speed.progress import count_stored_alerts
 from speed.queries import ALERTS, query_name
 from speed.view_writes import merge_view, write_view
@@ -53,7 +56,7 @@ class SpeedSink:
             baselines = stored_baselines(connection) if ALERTS in self.parts else {}
         batch.persist()
         try:
-            partials = {view: self._partial_rows(batch, view) for view in views}
+            partials = partial_rows(batch, views, Parameters.from_settings(self.settings))
             readings = reading_alert_candidates(batch, thresholds, baselines) if ALERTS in self.parts else []
         finally:
             batch.unpersist()
@@ -98,13 +101,53 @@ class SpeedSink:
                  ", ".join(f"{len(done.rows)} {view} rows" for view, done in merged.items()) or "no rows",
                  len(new), time.monotonic() - started, spark_s)  # fmt: skip
 
-    def _partial_rows(self, batch: DataFrame, view: str) -> list[dict[str, Any]]:
-        parameters = Parameters.from_settings(self.settings)
-        return SPARK_VIEWS[view].partial(batch, parameters).toArrow().to_pylist()
-
     def checkpoint_id(self) -> str:
         """The query id Spark keeps in the checkpoint (a new checkpoint, a new id)."""
         if self._checkpoint_id is None:
             metadata = (self.checkpoint / "metadata").read_text().splitlines()[0]
             self._checkpoint_id = json.loads(metadata)["id"]
         return self._checkpoint_id
+
+
+def partial_rows(
+    batch: DataFrame, views: list[str], parameters: Parameters
+) -> dict[str, list[dict[str, Any]]]:
+    """Each view's partial rows of a micro-batch. The views rolled up from another view's per-window rows
+    take them from one aggregation of the events, that view's partial rows carrying their inputs (which are
+    its own partial rows too, when `views` has it): one Spark job for them all."""
+    partials: dict[str, list[dict[str, Any]]] = {}
+    for carrier, rolled_up in _rolled_up(views, parameters).items():
+        inputs = functools.reduce(
+            operator.add, (SPARK_VIEWS[view].partial_inputs(parameters) for view in rolled_up)
+        )
+        windows = SPARK_VIEWS[carrier].partial_windows(batch, parameters, inputs).toArrow()
+        if carrier in views:
+            partials[carrier] = windows.drop_columns(list(inputs.aggregates)).to_pylist()
+        rows = windows.to_pylist()
+        for view in rolled_up:
+            definition = VIEWS[view]
+            pieces = SPARK_VIEWS[view].partial_from_windows(rows, batch, parameters)
+            partials[view] = combine_by_key(definition.increment, definition.keys, pieces)
+    for view in views:
+        if view not in partials:
+            partials[view] = SPARK_VIEWS[view].partial(batch, parameters).toArrow().to_pylist()
+    return {view: partials[view] for view in views}
+
+
+def _rolled_up(views: list[str], parameters: Parameters) -> dict[str, list[str]]:
+    """The views whose partial rows are rolled up from another view's per-window rows (their definitions'
+    `input_view`, with a Spark form for it), by that view (computed for them whether or not it is one of
+    `views`)."""
+    by_input: dict[str, list[str]] = {}
+    for view in views:
+        definition, spark_view = VIEWS[view], SPARK_VIEWS[view]
+        input_view = definition.input_view
+        if (
+            input_view is not None
+            and spark_view.partial_inputs is not None
+            and spark_view.partial_from_windows is not None
+            and SPARK_VIEWS[input_view].partial_windows is not None
+            and definition.rolled_up_from(VIEWS[input_view], parameters)
+        ):
+            by_input.setdefault(input_view, []).append(view)
+    return by_input

@@ -96,7 +96,7 @@ LOCATION_STATS = View(
         partials=(number("temperature_sum"), binary("sensors_sketch")),
     ),
     # a location's distinct sensors in a window are its per-sensor rows: exact without a distinct aggregate
-    batch_input="sensor_stats",
+    input_view="sensor_stats",
     expectations=(_at_least("sensors", 1), _in_contract_range("temperature_avg", "temperature")),
     lookup=("location", _WINDOW),
     reconciled=True,
@@ -173,7 +173,7 @@ DEVICE_HEALTH = View(
     time_column=_WINDOW,
     window_seconds=3600,
     # rolled up from the per-sensor windows: one aggregation of the readings serves both views
-    batch_input="sensor_stats",
+    input_view="sensor_stats",
     increment=Increment(
         count="readings",
         sums=("readings", "alerting_readings"),

@@ -147,9 +147,11 @@ class View:
     store's order), the column its rows are found by in time, and its incremental form.
 
     `window_seconds`: a windowed view's own window length (None: the settings' `window_seconds`); windows are
-    tumbling and aligned to UTC midnight, so the length must divide a day. `batch_input`: the view whose
-    per-window rows the batch layer finishes this one from (None: from the events). `reconciled`: batch and
-    speed counts of the same windows are compared by the reconciliation gate."""
+    tumbling and aligned to UTC midnight, so the length must divide a day. `input_view`: the view whose
+    per-window rows this one is rolled up from when its windows are whole numbers of that view's (None: from
+    the events), by the batch layer and, where its Spark form has a partial from those rows, by the speed
+    layer too: one aggregation of the events serves both views. `reconciled`: batch and speed counts of the
+    same windows are compared by the reconciliation gate."""
 
     name: str
     contract: str
@@ -158,7 +160,7 @@ class View:
     time_column: str
     increment: Increment
     window_seconds: int | None = None
-    batch_input: str | None = None
+    input_view: str | None = None
     expectations: tuple[Between, ...] = ()
     lookup: tuple[str, ...] = ()  # the index the API's lookups by subject and time use
     reconciled: bool = False
@@ -177,3 +179,7 @@ class View:
 
     def window(self, parameters: Parameters) -> int:
         return self.window_seconds or parameters.window_seconds
+
+    def rolled_up_from(self, other: View, parameters: Parameters) -> bool:
+        """Whether this view is rolled up from `other`'s per-window rows (see `input_view`)."""
+        return self.input_view == other.name and self.window(parameters) % other.window(parameters) == 0
