@@ -190,9 +190,12 @@ baselines = Table(
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (serving) never block the streaming writer
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: the statements below may wait for a lock too
+    # WAL: readers (serving) never block the streaming writer. The mode is kept in the file, and switching
+    # to it needs the database to itself, so it is only asked for when the file is not in it yet.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 

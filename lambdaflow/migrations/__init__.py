@@ -82,7 +82,7 @@ def current(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, metadata: MetaData, view_tables: Collection[str]) -> None:
     """Bring the store to the newest revision, then add what the view definitions have and it lacks."""
-    with engine.connect() as connection, _exclusive(connection):
+    with _exclusive(engine) as connection:
         context = _context(connection)
         was = context.get_current_revision()
         if was is None and inspect(connection).get_table_names():
@@ -103,17 +103,19 @@ def _context(connection: Connection, **options: Any) -> MigrationContext:
 
 
 @contextmanager
-def _exclusive(connection: Connection) -> Iterator[None]:
-    """One transaction on `connection`, which no other upgrade of the same store runs beside."""
-    if connection.dialect.name == "sqlite" and connection.engine.url.database not in (None, "", ":memory:"):
-        upgrade_lock = Path(f"{connection.engine.url.database}.upgrade-lock")
-        with lock_file(upgrade_lock, wait_s=None), connection.begin():
-            yield
+def _exclusive(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction, which no other upgrade of the same store runs beside. For SQLite the
+    lock is taken before connecting: a new store's first connections switch it to WAL, which needs the
+    database to itself, so they must not meet another process's upgrade."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        upgrade_lock = Path(f"{engine.url.database}.upgrade-lock")
+        with lock_file(upgrade_lock, wait_s=None), engine.connect() as connection, connection.begin():
+            yield connection
         return
-    with connection.begin():
+    with engine.connect() as connection, connection.begin():
         if connection.dialect.name == "postgresql":  # released when the transaction ends
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_KEY})")
-        yield
+        yield connection
 
 
 def sync_additively(connection: Connection, metadata: MetaData, tables: Collection[str]) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from lambdaflow import migrations, store
+from lambdaflow.file_lock import lock_file
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +196,25 @@ def test_processes_starting_together_all_upgrade_the_store(store_url):
     results = [(p.wait(timeout=120), *p.communicate()) for p in processes]
     assert [(code, out.strip()) for code, out, _ in results] == [(0, migrations.head())] * 4, results
     assert differences(store.engine(store_url, upgrade=False)) == []
+
+
+def test_a_process_connects_to_a_new_sqlite_store_only_after_another_upgrade_of_it(tmp_path):
+    """A new store's first connections switch it to WAL, which needs the database to itself: a process that
+    connected while another was creating the tables failed at once with "database is locked" (a backfill's
+    two concurrent quality gates did). So the upgrade lock is taken before the first connection."""
+    database = tmp_path / "serving.db"
+    starter = "from lambdaflow import store, migrations; import sys; " \
+              "print(migrations.current(store.engine(sys.argv[1])))"  # fmt: skip
+    upgrade_lock = lock_file(Path(f"{database}.upgrade-lock"))  # another process's upgrade, under way
+    try:
+        waiting = subprocess.Popen([sys.executable, "-c", starter, f"sqlite:///{database}"], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(3)  # longer than the process takes to import and reach the store
+        assert waiting.poll() is None and not database.exists(), "it connected during the other's upgrade"
+    finally:
+        upgrade_lock.close()
+    out, err = waiting.communicate(timeout=120)
+    assert (waiting.returncode, out.strip()) == (0, migrations.head()), err
 
 
 def _engine_in_child(url: str, parent_engine_id: int, answers: multiprocessing.Queue) -> None:
