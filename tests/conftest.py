@@ -118,13 +118,17 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
 
 
-def new_database(postgres_url: str) -> str:
-    """A database of its own on the session's PostgreSQL (`postgres_url`); its URL."""
+def new_database(postgres_url: str, template: str | None = None, prefix: str = "lambdaflow") -> str:
+    """A database of its own on the session's PostgreSQL (`postgres_url`), a copy of `template` if given;
+    its URL."""
     from sqlalchemy import create_engine, text
 
-    name = f"lambdaflow_{uuid.uuid4().hex[:12]}"
-    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f" TEMPLATE {template}" if template else ""
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}{copy}"))
+    engine.dispose()
     return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 

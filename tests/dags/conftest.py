@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.services import services as compose_services
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, new_database, settings_env
 
 _HOME = Path(tempfile.mkdtemp(prefix="lambdaflow-airflow-"))
 AIRFLOW_ENV = {
@@ -50,13 +50,9 @@ def migrated_sqlite_metadata(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def migrated_postgres_metadata(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated metadata database on the session's PostgreSQL, the template of each test's; its name."""
-    from sqlalchemy import create_engine, text
-
-    name = f"airflow_template_{uuid.uuid4().hex[:10]}"
-    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    migrate_metadata(tmp_path_factory, postgres_url.rsplit("/", 1)[0] + "/" + name)
-    return name
+    url = new_database(postgres_url, prefix="airflow_template")
+    migrate_metadata(tmp_path_factory, url)
+    return url.rsplit("/", 1)[1]
 
 
 @pytest.fixture
@@ -97,16 +93,10 @@ def airflow_services(settings, postgres_url, migrated_postgres_metadata, tmp_pat
     import secrets
     import signal
     import time
-    import uuid
-
-    from sqlalchemy import create_engine, text
 
     from lambdaflow.broker import free_port
 
-    name = f"airflow_{uuid.uuid4().hex[:10]}"
-    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {migrated_postgres_metadata}"))
-    metadata_url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    metadata_url = new_database(postgres_url, template=migrated_postgres_metadata, prefix="airflow")
     port = free_port()
     env = {**settings_env(settings), **AIRFLOW_ENV, "AIRFLOW_HOME": str(tmp_path / "airflow")}
     env.update({
