@@ -58,8 +58,11 @@ azurite: $(AZURITE)
 $(AZURITE):
 	npm install --prefix .cache/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
 
+# Two steps, each with its own summary: the slowest tests (a Spark cluster, the demo in a browser) run last,
+# after everything else has passed.
 test: venv browser azurite
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m slow
 
 test-fast: venv
 	$(BIN)/pytest -m "not integration"
