@@ -1,6 +1,6 @@
 """The vocabulary a view is defined in: plain data, no Spark (the serving process reads it too).
 
-A `View` says what it is computed from (a contract, or another view's per-window rows in batch), its key and
+A `View` says what it is computed from (a contract, or another view's per-window rows), its key and
 columns (in a small type vocabulary the store maps to SQL types), how its partial aggregates combine in the
 speed layer (`Increment`), its quality expectations, its store lookup and its API route. Every layer derives
 its part from that: the store's tables, the batch outputs, the quality suites, the speed merge, the API.
