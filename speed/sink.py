@@ -126,7 +126,7 @@ def partial_rows(
         rows = windows.to_pylist()
         for view in rolled_up:
             definition = VIEWS[view]
-            pieces = SPARK_VIEWS[view].partial_from_windows(rows, batch, parameters)
+            pieces = SPARK_VIEWS[view].partial_from_windows(rows, parameters)
             partials[view] = combine_by_key(definition.increment, definition.keys, pieces)
     for view in views:
         if view not in partials:

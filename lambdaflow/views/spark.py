@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -415,21 +414,16 @@ def _order_number(value: int) -> Column:
 
 
 @built_once
-def _latest_orders() -> tuple[Column, Column]:
-    """(ts, row number) and (ts, -row number) as fixed-width numbers (see `device_health_inputs`)."""
-    micros = F.unix_micros("ts").cast(_ORDER_PART) * _order_number(_ROW_BITS)
-    row = F.col("_row").cast(_ORDER_PART)
-    return micros + row, micros + (_order_number(_ROW_BITS - 1) - row)
-
-
-@built_once
 def device_health_inputs(thresholds: Thresholds) -> WindowInputs:
     """What device_health needs in finer per-sensor windows (`device_health_from_windows` rolls them up):
     the alerting readings, and the latest reading's time and battery. The battery is taken from the row with
     the greatest (ts, row number), exact when one reading has the latest time; the greatest (ts, -row number)
     tells whether another reading shares that time (a tie its event id breaks). The row number is a column
     of its own: an aggregate evaluates its input more than once per row."""
-    first_order, last_order = _latest_orders()
+    micros = F.unix_micros("ts").cast(_ORDER_PART) * _order_number(_ROW_BITS)
+    row = F.col("_row").cast(_ORDER_PART)
+    first_order = micros + row
+    last_order = micros + (_order_number(_ROW_BITS - 1) - row)
     return WindowInputs(
         # unique per row within one computation
         columns={"_row": F.monotonically_increasing_id()},
@@ -480,95 +474,39 @@ def device_health_from_windows(windows: DataFrame, events: DataFrame, window_sec
 
 @built_once
 def device_health_partial_inputs(thresholds: Thresholds) -> WindowInputs:
-    """`device_health_inputs` and the latest reading's event id, which the speed layer's partial rows keep
-    (a later micro-batch's reading at the same time is ordered by it). A string in the aggregation buffer
-    would make the aggregation a sort, so the id goes in as the two 64-bit halves of its UUID (the
-    contracts' event ids are canonical UUIDs), taken from the same row as the battery."""
-    first_order, _ = _latest_orders()
-    high, low = _event_id_halves()
-    return device_health_inputs(thresholds) + WindowInputs(
+    """What device_health's speed partial rows need in the per-sensor rows of finer windows: the alerting
+    readings and the latest reading by (ts, event id), whose event id the partial rows keep (a later
+    micro-batch's reading at the same time is ordered by it). The struct's maximum makes the aggregation a
+    sort, cheap over one micro-batch's readings and cheaper than a second job (readings of one sensor often
+    share a millisecond, so batch's fixed-width order would need its tie look-up nearly every time)."""
+    return WindowInputs(
         aggregates={
-            "_latest_id_high": F.max_by(high, first_order),
-            "_latest_id_low": F.max_by(low, first_order),
+            "alerting_readings": F.sum(breaks_a_threshold(thresholds).cast("long")),
+            "_latest": F.max(F.struct("ts", "event_id", "battery")),
         }
     )
 
 
-@built_once
-def _event_id_halves() -> tuple[Column, Column]:
-    """A canonical UUID's (8-4-4-4-12 hex digits) first and last 64 bits, as signed longs."""
-
-    def half(*pieces: tuple[int, int]) -> Column:
-        digits = F.concat(*(F.substring("event_id", start, length) for start, length in pieces))
-        return F.conv(digits, 16, -10).cast("long")
-
-    return half((1, 8), (10, 4), (15, 4)), half((20, 4), (25, 12))
-
-
-_HALF = 2**64
-
-
 def device_health_partial_from_windows(
-    windows: list[dict[str, Any]], events: DataFrame, window_seconds: int
+    windows: list[dict[str, Any]], window_seconds: int
 ) -> list[dict[str, Any]]:
     """device_health's partial rows, one per per-sensor row of finer windows carrying
-    `device_health_partial_inputs` (rows of one key, to be combined by the view's increment). A row whose
-    latest time more than one reading shares, or whose latest event id has no hex halves, takes its latest
-    reading from a look-up among the readings at that time (rare: two readings of a sensor in the same
-    microsecond)."""
-    unsure = [row for row in windows if _latest_shared(row) or row["_latest_id_low"] is None]
-    looked_up = _latest_readings(events, unsure) if unsure else {}
+    `device_health_partial_inputs` (rows of one key, to be combined by the view's increment)."""
     window_us = window_seconds * 1_000_000
     partials = []
     for row in windows:
-        start = row["window_start"]
-        found = looked_up.get((row["sensor_id"], row["location"], row["last_seen"]))
-        if found is None:
-            event_id = str(
-                uuid.UUID(int=(row["_latest_id_high"] % _HALF) * _HALF + row["_latest_id_low"] % _HALF)
-            )
-            found = (event_id, row["_latest_battery"])
+        start, latest = row["window_start"], row["_latest"]
         partials.append({
             "window_start": start - timedelta(microseconds=(start - _EPOCH) // _MICROSECOND % window_us),
             "sensor_id": row["sensor_id"], "readings": row["events"], "battery_min": row["battery_min"],
-            "alerting_readings": row["alerting_readings"], "last_seen": row["last_seen"],
-            "last_event_id": found[0], "battery_last": found[1],
+            "alerting_readings": row["alerting_readings"], "last_seen": latest["ts"],
+            "last_event_id": latest["event_id"], "battery_last": latest["battery"],
         })  # fmt: skip
     return partials
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def _latest_shared(row: Mapping[str, Any]) -> bool:
-    """Whether another reading of the row has its latest time (its greatest (ts, row number) and (ts, -row
-    number) name different rows)."""
-    return (
-        int(row["_latest_order"]) % _ROW_BITS + int(row["_latest_reverse_order"]) % _ROW_BITS != _ROW_BITS - 1
-    )
-
-
-def _latest_readings(
-    events: DataFrame, rows: list[dict[str, Any]]
-) -> dict[tuple[str, str, datetime], tuple[str, float]]:
-    """The latest (by event id) of the readings at each row's latest time: (event id, battery) by (sensor,
-    location, time)."""
-    spark = events.sparkSession
-    times = spark.createDataFrame(
-        [(row["sensor_id"], row["location"], row["last_seen"]) for row in rows],
-        "sensor_id string, location string, ts timestamp",
-    )
-    latest = (
-        events.join(F.broadcast(times), ["sensor_id", "location", "ts"], "left_semi")
-        .groupBy("sensor_id", "location", "ts")
-        .agg(F.max(F.struct("event_id", "battery")).alias("_latest"))
-        .select("sensor_id", "location", "ts", "_latest.event_id", "_latest.battery")
-    )
-    return {
-        (row["sensor_id"], row["location"], row["ts"]): (row["event_id"], row["battery"])
-        for row in latest.toArrow().to_pylist()
-    }
 
 
 def device_health(
@@ -591,7 +529,7 @@ class SparkView:
     per-window rows, which carry its `inputs` (when its windows are whole multiples of the input's).
     Speed, likewise: `partial_windows`, a view's partial rows carrying the `partial_inputs` of the views
     rolled up from them, and `partial_from_windows`, such a view's partial rows from those rows (as plain
-    rows, several per key, which the view's increment combines) and the events."""
+    rows, several per key, which the view's increment combines)."""
 
     partial: Callable[[DataFrame, Parameters], DataFrame]
     build: Callable[[DataFrame, Parameters], DataFrame]
@@ -600,9 +538,7 @@ class SparkView:
     inputs: Callable[[Parameters], WindowInputs] | None = None
     partial_windows: Callable[[DataFrame, Parameters, WindowInputs], DataFrame] | None = None
     partial_inputs: Callable[[Parameters], WindowInputs] | None = None
-    partial_from_windows: (
-        Callable[[list[dict[str, Any]], DataFrame, Parameters], list[dict[str, Any]]] | None
-    ) = None
+    partial_from_windows: Callable[[list[dict[str, Any]], Parameters], list[dict[str, Any]]] | None = None
 
 
 def _window(view: str, parameters: Parameters) -> int:
@@ -636,8 +572,8 @@ SPARK_VIEWS: dict[str, SparkView] = {
         ),
         inputs=lambda p: device_health_inputs(p.thresholds),
         partial_inputs=lambda p: device_health_partial_inputs(p.thresholds),
-        partial_from_windows=lambda windows, events, p: device_health_partial_from_windows(
-            windows, events, _window("device_health", p)
+        partial_from_windows=lambda windows, p: device_health_partial_from_windows(
+            windows, _window("device_health", p)
         ),
     ),
     "activity_stats": SparkView(
