@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import datasketches
 from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -250,6 +251,33 @@ def location_stats_from_partial(per_sensor: DataFrame) -> DataFrame:
         )
         .select("window_start", "location", "events", "sensors", _average("temperature"), "temperature_max")
     )
+
+
+def location_stats_partial_from_windows(
+    windows: list[dict[str, Any]], window_seconds: int
+) -> list[dict[str, Any]]:
+    """location_stats' partial rows from the per-sensor rows of windows dividing its own, one per key. The
+    distinct sensors are sketched from the rows' sensor ids as `hll_sketch_agg` sketches them from the events:
+    DataSketches hashes a string's UTF-8 bytes alike in Java and Python, so the sketches union as one."""
+    window_us = window_seconds * 1_000_000
+    rows: dict[tuple[datetime, str], dict[str, Any]] = {}
+    sensors: dict[tuple[datetime, str], datasketches.hll_sketch] = {}
+    for window in windows:
+        key = (_window_of(window["window_start"], window_us), window["location"])
+        row = rows.get(key)
+        if row is None:
+            rows[key] = {"window_start": key[0], "location": key[1], "events": window["events"],
+                         "temperature_sum": window["temperature_sum"],
+                         "temperature_max": window["temperature_max"]}  # fmt: skip
+            sensors[key] = datasketches.hll_sketch(HLL_LG_K)
+        else:
+            row["events"] += window["events"]
+            row["temperature_sum"] += window["temperature_sum"]
+            row["temperature_max"] = max(row["temperature_max"], window["temperature_max"])
+        sensors[key].update(window["sensor_id"])
+    for key, row in rows.items():
+        row["sensors_sketch"] = sensors[key].serialize_compact()
+    return list(rows.values())
 
 
 def activity_stats_partial(events: DataFrame, window_seconds: int) -> DataFrame:
@@ -495,9 +523,9 @@ def device_health_partial_from_windows(
     window_us = window_seconds * 1_000_000
     partials = []
     for row in windows:
-        start, latest = row["window_start"], row["_latest"]
+        latest = row["_latest"]
         partials.append({
-            "window_start": start - timedelta(microseconds=(start - _EPOCH) // _MICROSECOND % window_us),
+            "window_start": _window_of(row["window_start"], window_us),
             "sensor_id": row["sensor_id"], "readings": row["events"], "battery_min": row["battery_min"],
             "alerting_readings": row["alerting_readings"], "last_seen": latest["ts"],
             "last_event_id": latest["event_id"], "battery_last": latest["battery"],
@@ -507,6 +535,12 @@ def device_health_partial_from_windows(
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def _window_of(start: datetime, window_us: int) -> datetime:
+    """The start of the window of `window_us` microseconds (aligned to the epoch, as Spark's) holding
+    `start` (aware UTC)."""
+    return start - timedelta(microseconds=(start - _EPOCH) // _MICROSECOND % window_us)
 
 
 def device_health(
@@ -561,6 +595,10 @@ SPARK_VIEWS: dict[str, SparkView] = {
         partial=lambda events, p: location_stats_partial(events, _window("location_stats", p)),
         build=lambda events, p: location_stats(events, _window("location_stats", p)),
         finish=lambda windows, events, p: location_stats_from_partial(windows),
+        partial_inputs=lambda p: WindowInputs(),
+        partial_from_windows=lambda windows, p: location_stats_partial_from_windows(
+            windows, _window("location_stats", p)
+        ),
     ),
     "device_health": SparkView(
         partial=lambda events, p: device_health_partial(events, _window("device_health", p), p.thresholds),
