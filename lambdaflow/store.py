@@ -379,8 +379,3 @@ def publish_day(
 def insert_rows(connection: Any, table: Table, rows: Sequence[Mapping[str, Any]], chunk: int = 2000) -> None:
     """Insert rows in chunks (in the caller's transaction)."""
     _insert_many(connection, table, rows, "raise", chunk)
-
-
-def horizon_of(engine: Engine, view_name: str) -> datetime | None:
-    with engine.connect() as connection:
-        return connection.execute(select(horizons.c.horizon).where(horizons.c.view == view_name)).scalar()

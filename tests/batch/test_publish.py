@@ -22,6 +22,7 @@ from lambdaflow import store
 from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir, write_parquet_atomically
 from lambdaflow.settings import Settings, load_settings
 from lambdaflow.views import VIEWS
+from serving import merge
 from tests.conftest import run_cli, settings_env
 
 NOW = datetime.now(UTC)
@@ -196,7 +197,7 @@ def test_a_complete_day_with_raw_events_publishes(live):
     speed = speed_count(live)
     assert publish_batch_day(live, PAST) == end
     engine = store.engine(live.resolved_store_url)
-    assert all(store.horizon_of(engine, name) == end for name in VIEWS)
+    assert all(merge.horizon(engine, name) == end for name in VIEWS)
     table = store.SPEED_TABLES["sensor_stats"]
     with engine.connect() as connection:
         starts = connection.execute(select(table.c.window_start)).scalars().all()
@@ -211,7 +212,7 @@ def test_force_publishes_an_empty_day(live):
     end = datetime.combine(EMPTY + timedelta(days=1), time())
     assert publish_batch_day(live, EMPTY, force=True) == end
     engine = store.engine(live.resolved_store_url)
-    assert store.horizon_of(engine, "sensor_stats") == end
+    assert merge.horizon(engine, "sensor_stats") == end
     table = store.SPEED_TABLES["sensor_stats"]
     with engine.connect() as connection:
         assert connection.execute(select(func.min(table.c.window_start))).scalar() >= end

@@ -15,6 +15,7 @@ from batch.recompute import recompute_day
 from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.views import VIEWS
+from serving import merge
 from tests import ground_truth
 from tests.conftest import run_cli, settings_env
 from tests.kafka_helpers import consume_all
@@ -128,7 +129,7 @@ def test_recomputed_day_equals_ground_truth_and_publishing_is_idempotent(spark, 
                 ["sensor_id", "hour_of_day"])  # fmt: skip
 
     for name in VIEWS:
-        assert store.horizon_of(engine, name) == after
+        assert merge.horizon(engine, name) == after
     speed = store_rows(engine, store.SPEED_TABLES["sensor_stats"])
     assert list(speed["window_start"].dt.tz_convert(None)) == [after], "speed rows before the horizon stay"
 
@@ -139,4 +140,4 @@ def test_recomputed_day_equals_ground_truth_and_publishing_is_idempotent(spark, 
     earlier = day - timedelta(days=1)  # an older day (nothing in the lake) never moves the horizon back
     recompute_day(spark, settings, earlier)
     publish_batch_day(settings, earlier, force=True)
-    assert all(store.horizon_of(engine, name) == after for name in VIEWS)
+    assert all(merge.horizon(engine, name) == after for name in VIEWS)

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.views import VIEWS
+from serving import merge
 from tests import ground_truth
 from tests.batch.test_recompute import assert_same, dump, store_rows, topic_events
 from tests.conftest import run_cli, settings_env
@@ -83,7 +84,7 @@ def backfill_days_then_one_again(spark, settings, airflow_services, count: int) 
         if name == "sessions":
             truth = ground_truth.concat_days(frame, days, ground_truth.sessions)
         assert_same(store_rows(engine, store.BATCH_TABLES[name]), truth, list(view.keys))
-    assert store.horizon_of(engine, "sensor_stats") == datetime.combine(days[-1] + timedelta(days=1),
+    assert merge.horizon(engine, "sensor_stats") == datetime.combine(days[-1] + timedelta(days=1),
                                                                         datetime.min.time())  # fmt: skip
     published = dump(engine)
 

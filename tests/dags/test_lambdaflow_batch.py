@@ -13,6 +13,7 @@ from sqlalchemy import select
 from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.views import VIEWS
+from serving import merge
 from tests import ground_truth
 from tests.batch.test_recompute import assert_same, dump, store_rows, topic_events
 from tests.conftest import run_cli, settings_env
@@ -62,7 +63,7 @@ def test_airflow_dags_test_publishes_the_ground_truth_and_a_corrupt_day_publishe
         truth = ground_truth.VIEWS[name](ground_truth.clean_events(frame[frame["ts"].dt.date == day]))
         assert_same(store_rows(engine, store.BATCH_TABLES[name]), truth, list(view.keys))
     horizon = datetime.combine(day + timedelta(days=1), datetime.min.time())
-    assert all(store.horizon_of(engine, name) == horizon for name in VIEWS)
+    assert all(merge.horizon(engine, name) == horizon for name in VIEWS)
     with engine.connect() as connection:
         runs = connection.execute(select(store.quality_runs)).mappings().all()
     suites = {"raw_iot_sensors", "raw_user_activity", *(f"view_{name}" for name in VIEWS), "reconcile"}
