@@ -20,6 +20,7 @@ docker-compose.yaml's stream submits to it; `BENCH_SPEED_CLUSTER=0` skips it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -56,19 +57,19 @@ from lambdaflow.lake import archiver_status_path
 from local_services.spark_cluster import running_spark_cluster
 from speed.queries import QUERY_PARTS
 
-RUNS = int(__import__("os").environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SPEED_QUERIES = ",".join(part for parts in QUERY_PARTS.values() for part in parts)
 BACKLOG_PER_TOPIC = 500_000
 PER_TRIGGER = 100_000
-CLUSTER = __import__("os").environ.get("BENCH_SPEED_CLUSTER", "1") != "0"  # 0: local mode only
+CLUSTER = os.environ.get("BENCH_SPEED_CLUSTER", "1") != "0"  # 0: local mode only
 # the stream's executor as docker-compose.yaml submits it (LAMBDAFLOW_STREAM_EXECUTOR_MEMORY's default)
 STREAM_EXECUTOR_MEMORY = "2g"
-FRESHNESS_RATE = int(__import__("os").environ.get("BENCH_FRESHNESS_RATE", "5000"))  # the target's rate
+FRESHNESS_RATE = int(os.environ.get("BENCH_FRESHNESS_RATE", "5000"))  # the target's rate
 FRESHNESS_RATES = {"iot": FRESHNESS_RATE * 3 // 5, "activity": FRESHNESS_RATE * 2 // 5}
 # the app's command and, per query, a view whose first row says the query has processed data
 FRESHNESS_STREAM = ["stream"]
 FRESHNESS_VIEWS = ("sensor_stats", "activity_stats")
-IOT_ONLY = __import__("os").environ.get("BENCH_FRESHNESS_IOT_ONLY", "") not in ("", "0")
+IOT_ONLY = os.environ.get("BENCH_FRESHNESS_IOT_ONLY", "") not in ("", "0")
 if IOT_ONLY:  # no archiver, no activity query
     FRESHNESS_RATES = {"iot": FRESHNESS_RATES["iot"]}
     FRESHNESS_STREAM = ["stream", "--only", ",".join(QUERY_PARTS["iot_sensors"])]
@@ -78,8 +79,8 @@ FRESHNESS_WARMUP_S, PROBE_INTERVAL_S = 20.0, 0.1
 # holds an id until the watermark passes its time plus the watermark's delay: with the default 10 minutes,
 # ids start to expire ~20 minutes into the load. `BENCH_WATERMARK_SECONDS` shortens the watermark (e.g. 120:
 # ids expire as fast as they come from minute ~4), to measure that steady state in a shorter run.
-FRESHNESS_MEASURE_S = float(__import__("os").environ.get("BENCH_FRESHNESS_SECONDS", "45"))
-WATERMARK_S = __import__("os").environ.get("BENCH_WATERMARK_SECONDS")
+FRESHNESS_MEASURE_S = float(os.environ.get("BENCH_FRESHNESS_SECONDS", "45"))
+WATERMARK_S = os.environ.get("BENCH_WATERMARK_SECONDS")
 WARM_UP_EVENTS = 3_000  # a topic, before the load
 
 
