@@ -41,7 +41,7 @@ from lambdaflow.lake import (
 )
 from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
-from lambdaflow.spark import signalling_its_end, trigger
+from lambdaflow.spark import ARCHIVE_POOL, in_pool, signalling_its_end, trigger
 
 log = logging.getLogger(__name__)
 
@@ -217,4 +217,5 @@ def start_archiver(spark: SparkSession, settings: Settings, once: bool = False) 
         .foreachBatch(signalling_its_end(QUERY_NAME, archive_batch(settings, status)))
         .option("checkpointLocation", str(settings.checkpoint_dir / QUERY_NAME))
     )
-    return writer.trigger(**trigger(once, settings.archive_trigger_seconds)).start()
+    with in_pool(spark, ARCHIVE_POOL):
+        return writer.trigger(**trigger(once, settings.archive_trigger_seconds)).start()

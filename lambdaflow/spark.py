@@ -7,7 +7,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -15,6 +16,11 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.settings import Settings
 from lambdaflow.spark_jar import spark_jar
+
+# The streaming application's fair-scheduler pools (`in_pool`): the speed queries' tasks before the archiver's
+SCHEDULER_POOLS = Path(__file__).with_name("spark_pools.xml")
+SPEED_POOL, ARCHIVE_POOL = "speed", "archive"
+POOL_PROPERTY = "spark.scheduler.pool"
 
 # lambdaflow.spark_classes writes it (`make venv`); in the virtualenv: it matches that install's jars
 CLASS_ARCHIVE = Path(sys.prefix) / "spark-classes.jsa"
@@ -236,6 +242,18 @@ def spark_session(
     return session
 
 
+@contextmanager
+def in_pool(spark: SparkSession, pool: str) -> Iterator[None]:
+    """Streaming queries started inside run their jobs in the scheduler `pool`: a query's thread inherits the
+    local properties of the thread that starts it, and PySpark runs a foreachBatch function's calls on it."""
+    context = spark.sparkContext
+    context.setLocalProperty(POOL_PROPERTY, pool)
+    try:
+        yield
+    finally:
+        context.setLocalProperty(POOL_PROPERTY, None)  # type: ignore[arg-type]  # None removes it
+
+
 def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -> SparkSession:
     """A session for the streaming application: `stream_driver_memory`, and `stream_shuffle_partitions` for
     its stateful queries."""
@@ -254,6 +272,8 @@ def streaming_session(settings: Settings, app_name: str = "lambdaflow-stream") -
         # cache missed nearly every time and Janino recompiled the same code over and over. With 1,000 entries
         # only the new watermark predicates are compiled.
         "spark.sql.codegen.cache.maxEntries": "1000",
+        "spark.scheduler.mode": "FAIR",
+        "spark.scheduler.allocation.file": str(SCHEDULER_POOLS),
     }
     return spark_session(
         settings, app_name, settings.stream_driver_memory, LOW_PAUSE_JVM, config=streaming_config

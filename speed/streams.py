@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lambdaflow.settings import Settings
-from lambdaflow.spark import signalling_its_end, trigger
+from lambdaflow.spark import SPEED_POOL, in_pool, signalling_its_end, trigger
 from speed.queries import QUERY_PARTS, checkpoint_of, query_name
 from speed.sink import SpeedSink
 from speed.source import speed_events
@@ -36,7 +36,8 @@ def start_speed_query(
         )
         .option("checkpointLocation", str(checkpoint))
     )
-    return writer.trigger(**trigger(once, settings.trigger_seconds)).start()
+    with in_pool(spark, SPEED_POOL):
+        return writer.trigger(**trigger(once, settings.trigger_seconds)).start()
 
 
 def speed_queries(selected: list[str]) -> dict[str, tuple[str, ...]]:
