@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 
-from lambdaflow.settings import load_settings
+from lambdaflow.settings import Settings
 from lambdaflow.spark import ARCHIVE_POOL, POOL_PROPERTY, SCHEDULER_POOLS, SPEED_POOL, in_pool
 
 
@@ -17,7 +17,7 @@ def test_the_pools_file_gives_the_speed_queries_a_minimum_share_and_the_archiver
         for pool in ElementTree.parse(SCHEDULER_POOLS).getroot()
     }
     assert set(pools) == {SPEED_POOL, ARCHIVE_POOL}
-    assert load_settings().spark_master == "local[2]"
+    assert Settings.model_fields["spark_master"].default == "local[2]"
     assert int(pools[SPEED_POOL]["minShare"]) >= 2  # every core of the default master
     assert int(pools[ARCHIVE_POOL]["minShare"]) == 0
     assert int(pools[SPEED_POOL]["weight"]) > int(pools[ARCHIVE_POOL]["weight"])
