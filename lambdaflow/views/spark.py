@@ -259,6 +259,7 @@ def location_stats_partial_from_windows(
     """location_stats' partial rows from the per-sensor rows of windows dividing its own, one per key. The
     distinct sensors are sketched from the rows' sensor ids as `hll_sketch_agg` sketches them from the events:
     DataSketches hashes a string's UTF-8 bytes alike in Java and Python, so the sketches union as one."""
+    increment = VIEWS["location_stats"].increment
     window_us = window_seconds * 1_000_000
     rows: dict[tuple[datetime, str], dict[str, Any]] = {}
     sensors: dict[tuple[datetime, str], datasketches.hll_sketch] = {}
@@ -266,14 +267,14 @@ def location_stats_partial_from_windows(
         key = (_window_of(window["window_start"], window_us), window["location"])
         row = rows.get(key)
         if row is None:
-            rows[key] = {"window_start": key[0], "location": key[1], "events": window["events"],
-                         "temperature_sum": window["temperature_sum"],
-                         "temperature_max": window["temperature_max"]}  # fmt: skip
+            rows[key] = {"window_start": key[0], "location": key[1],
+                         **{name: window[name] for name in (*increment.sums, *increment.maxes)}}  # fmt: skip
             sensors[key] = datasketches.hll_sketch(HLL_LG_K)
         else:
-            row["events"] += window["events"]
-            row["temperature_sum"] += window["temperature_sum"]
-            row["temperature_max"] = max(row["temperature_max"], window["temperature_max"])
+            for name in increment.sums:
+                row[name] += window[name]
+            for name in increment.maxes:
+                row[name] = max(row[name], window[name])
         sensors[key].update(window["sensor_id"])
     for key, row in rows.items():
         row["sensors_sketch"] = sensors[key].serialize_compact()
