@@ -1,6 +1,6 @@
 """The serving benchmark's floor: `GET /api/v1/sensors/<id>/metrics?from=…&to=…` answered by a bare WSGI
 function over `sqlite3` — the same statement and the same JSON as the app, without Flask, flask-smorest,
-marshmallow or SQLAlchemy — under the same gunicorn settings as `lambdaflow serve`:
+marshmallow or SQLAlchemy — under the same server settings as `lambdaflow serve`:
 `python -m benchmarks.bare_serving DATABASE --port P`. What a user could get by hand; the app's figure over
 this one is what the framework costs. It answers only that route, and only well-formed requests."""
 
@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -44,7 +45,7 @@ def _stored(moment: str) -> str:
 
 
 def create_app(database: str) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    local = threading.local()  # one connection per gunicorn thread, as a pool would give
+    local = threading.local()  # one connection per server thread, as a pool would give
 
     def connection() -> sqlite3.Connection:
         if not hasattr(local, "connection"):
@@ -83,14 +84,14 @@ def _utc(moment: str) -> datetime:
 
 def main() -> None:
     from lambdaflow.settings import load_settings
-    from serving.server import gunicorn_options, run_gunicorn
+    from serving.server import ServerOptions, run_server
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("database")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    options = gunicorn_options(load_settings(), "127.0.0.1", args.port)
-    run_gunicorn(lambda: create_app(args.database), {**options, "proc_name": "lambdaflow-bare-serve"})
+    options = ServerOptions.from_settings(load_settings(), "127.0.0.1", args.port)
+    run_server(partial(create_app, args.database), options, "lambdaflow bare serve")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Serving benchmark: `GET /api/v1/sensors/<id>/metrics` for one day of 5-minute windows (288 points), from
-`lambdaflow serve` (gunicorn, the default workers and threads) with a SQLite store holding a week of 50
+`lambdaflow serve` (Granian, the default workers and threads) with a SQLite store holding a week of 50
 sensors' published batch rows, with the answer cache on and off; the load comes from a separate process
 (benchmarks/load.py) that rotates over the 50 sensors. Its floor, in the same run: the same answers from a
-bare WSGI function over sqlite3 under the same gunicorn settings (benchmarks/bare_serving.py)."""
+bare WSGI function over sqlite3 under the same server settings (benchmarks/bare_serving.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def fill_store(url: str) -> None:
     engine.dispose()
 
 
-# The app with its answer cache on, off, and the floor: a bare WSGI function over sqlite3 (same gunicorn).
+# The app with its answer cache on, off, and the floor: a bare WSGI function over sqlite3 (same server).
 SERVERS = ("cached", "uncached", "bare")
 
 
@@ -82,7 +82,7 @@ def _urls(base: str) -> list[str]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time used so far by a process and its children (gunicorn's arbiter and workers)."""
+    """CPU time used so far by a process and its children (the server's main process and workers)."""
     root = psutil.Process(pid)
     return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
 

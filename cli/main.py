@@ -560,7 +560,7 @@ def restore_day(day: datetime, to: Path | None) -> None:
 @click.option("--host", help="Listen address [LAMBDAFLOW_SERVE_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Listen port [LAMBDAFLOW_SERVE_PORT, default 8000].")
 def serve(host: str | None, port: int | None) -> None:
-    """Serve the HTTP API, the dashboard and the Data Docs (gunicorn); Ctrl-C stops it."""
+    """Serve the HTTP API, the dashboard and the Data Docs (Granian); Ctrl-C stops it."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from lambdaflow import store

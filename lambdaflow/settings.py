@@ -86,8 +86,8 @@ class Settings(BaseSettings):
 
     serve_host: str = "127.0.0.1"  # the HTTP API and dashboard (`lambdaflow serve`)
     serve_port: int = Field(8000, ge=1, le=65535)
-    serve_workers: int = Field(2, ge=1, le=64)  # gunicorn worker processes
-    serve_threads: int = Field(4, ge=1, le=256)  # threads per worker
+    serve_workers: int = Field(2, ge=1, le=64)  # server worker processes
+    serve_threads: int = Field(4, ge=1, le=256)  # threads per worker that run the app
     api_token: SecretStr | None = None  # when set, every endpoint but /health needs `Authorization: Bearer …`
     # answers wholly before the batch horizon change only when a day is published: each worker keeps them
     # this long (0: never), so re-publishing an older day shows after at most this delay

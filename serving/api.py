@@ -39,7 +39,7 @@ class ApiBlueprint(Blueprint):
 
     def answers(self, schema: type[Schema], *errors: HTTPStatus) -> Callable[[Callable], Callable]:
         """Document an operation's 200 answer and its errors: 401 (with a token set, every operation needs
-        it), 414 (gunicorn's request-line limit), and `errors`; 400 comes with the query arguments."""
+        it), 414 (an overlong request line), and `errors`; 400 comes with the query arguments."""
 
         def decorate(handler: Callable) -> Callable:
             handler = self.response(HTTPStatus.OK, schema)(handler)

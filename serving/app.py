@@ -16,7 +16,7 @@ from lambdaflow.settings import Settings, load_settings
 from serving.api import AnswerCache, api
 from serving.auth import require_token
 from serving.dashboard import dashboard
-from serving.errors import error_response
+from serving.errors import error_response, refuse_oversized
 from serving.health import health
 from serving.metrics import instrument, metrics
 from serving.schemas import Error
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                                                    config={"app_name": "lambdaflow API"}))  # fmt: skip
     app.register_error_handler(HTTPException, error_response)  # after flask-smorest's, so it wins
     instrument(app)  # before the token check, so refused requests are counted and timed too
+    app.before_request(refuse_oversized)
     if settings.api_token is not None:
         app.before_request(require_token(settings.api_token.get_secret_value()))
     return app

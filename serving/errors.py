@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
-from flask import Response, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestHeaderFieldsTooLarge, RequestURITooLarge
+
+# gunicorn's limits, which clients of this API have met since its first release: a longer request line is a
+# 414, a longer header field ("Name: value") a 431
+REQUEST_LINE_LIMIT = 4094
+HEADER_FIELD_LIMIT = 8190
 
 
 def error_response(exc: HTTPException) -> Response:
@@ -26,3 +32,18 @@ def error_response(exc: HTTPException) -> Response:
     if exc.code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="lambdaflow"'
     return response
+
+
+def refuse_oversized() -> None:
+    """Refuse a request line or a header field over its limit, before the token check (a `before_request`
+    hook), so a client learns what to shorten whatever its credentials."""
+    environ = request.environ
+    target = quote(environ.get("PATH_INFO", ""), safe="/:@!$&'()*+,;=~")
+    if query := environ.get("QUERY_STRING"):
+        target += f"?{query}"
+    line = len(request.method) + len(target) + len(environ.get("SERVER_PROTOCOL", "HTTP/1.1")) + 2
+    if line > REQUEST_LINE_LIMIT:
+        raise RequestURITooLarge(f"the request line is {line} bytes, over the limit of {REQUEST_LINE_LIMIT}")
+    for name, value in request.headers.items():
+        if len(name) + 2 + len(value) > HEADER_FIELD_LIMIT:
+            raise RequestHeaderFieldsTooLarge(f"header {name!r} is over the {HEADER_FIELD_LIMIT}-byte limit")

@@ -2,7 +2,7 @@
 and, read from the store at each scrape, the streaming queries' progress, lag and status, alerts fired and
 the archiver's counts. Needs the API token like the API (it is data: query names, topics, volumes).
 
-Under `lambdaflow serve` each gunicorn worker counts its own requests; prometheus_client's multiprocess mode
+Under `lambdaflow serve` each server worker counts its own requests; prometheus_client's multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR`, set by `serving.server` before the workers start) adds them up at a scrape,
 whichever worker answers it. A plain Flask route, outside the OpenAPI document: its answer is Prometheus
 text, not the API's JSON.
@@ -33,7 +33,7 @@ STATUSES = ("ok", "stalled", "down")
 # Labels come from the route, not the path, and from known methods only: a client cannot grow the series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_REGISTRY = CollectorRegistry()  # this process's request metrics, when not under gunicorn's workers
+_REGISTRY = CollectorRegistry()  # this process's request metrics, when not under the server's workers
 REQUESTS = Counter("lambdaflow_http_requests", "HTTP requests answered by the serving app",
                    ["method", "endpoint", "status"], registry=_REGISTRY)  # fmt: skip
 LATENCY = Histogram("lambdaflow_http_request_duration_seconds", "Time the serving app took to answer",

@@ -1,59 +1,24 @@
-"""`lambdaflow serve`: the app under gunicorn (worker processes, so both cores serve), not Flask's
-development server."""
+"""`lambdaflow serve`: the app under Granian (worker processes, so both cores serve; HTTP parsed in Rust, off
+the GIL), not Flask's development server.
+The app itself refuses overlong request lines and header fields (`serving.errors.refuse_oversized`); Granian
+refuses more than 100 header fields, or a head over its buffer, with a bare 431."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
-from gunicorn.workers.gthread import ThreadWorker
+from granian import Granian
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
 
 from lambdaflow.settings import Settings
-
-# gunicorn's own limits (its defaults): a longer request line is a 414, more or larger headers a 431.
-REQUEST_LINE_LIMIT = 4094
-_LIMITS = {
-    LimitRequestLine: (414, "URI Too Long"),
-    LimitRequestHeaders: (431, "Request Header Fields Too Large"),
-}
-
-
-class JsonErrorWorker(ThreadWorker):
-    """gunicorn answers a request over its limits itself, before the app sees it; this gives those answers
-    the API's JSON error shape instead of an HTML page."""
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        for kind, (status, reason) in _LIMITS.items():
-            if isinstance(exc, kind):
-                body = json.dumps({"status": status, "error": f"{reason}: {exc}"}).encode()
-                head = (
-                    f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                )
-                with contextlib.suppress(OSError):  # the client may be gone already
-                    client.sendall(head.encode() + body)
-                return
-        super().handle_error(req, client, addr, exc)
-
-
-class _Gunicorn(BaseApplication):
-    def __init__(self, load: Callable[[], Any], options: dict[str, Any]) -> None:
-        self.load_app, self.options = load, options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self) -> Any:
-        return self.load_app()
 
 
 def metrics_dir(settings: Settings, port: int) -> Path:
@@ -65,40 +30,44 @@ def metrics_dir(settings: Settings, port: int) -> Path:
     return path
 
 
-def gunicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
-    """How `lambdaflow serve` runs gunicorn (the serving benchmark runs its bare floor under the same)."""
-    return {
-        "bind": f"{host}:{port}",
-        "workers": settings.serve_workers,
-        "threads": settings.serve_threads,
-        "worker_class": f"{__name__}.JsonErrorWorker",
-        "limit_request_line": REQUEST_LINE_LIMIT,
-        "control_socket_disable": True,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": "warning",
-        "keepalive": 5,
-        "graceful_timeout": 5,
-        "proc_name": "lambdaflow-serve",
-    }
+@dataclass(frozen=True)
+class ServerOptions:
+    """How `lambdaflow serve` runs Granian (the serving benchmark runs its bare floor under the same)."""
+
+    host: str
+    port: int
+    workers: int
+    threads: int  # Python threads per worker that run the WSGI app
+
+    @classmethod
+    def from_settings(cls, settings: Settings, host: str, port: int) -> ServerOptions:
+        return cls(host, port, settings.serve_workers, settings.serve_threads)
 
 
-def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
-    """Serve the WSGI app that `load` builds (in each worker) until SIGINT/SIGTERM."""
-    _Gunicorn(load, options).run()
+def run_server(load: Callable[[], Any], options: ServerOptions, name: str) -> None:
+    """Serve the WSGI app that `load` builds (in each worker; a module-level function or a partial of one, so
+    it also crosses a spawned worker's start) until SIGINT/SIGTERM."""
+    Granian(
+        name,
+        address=options.host,
+        port=options.port,
+        interface=Interfaces.WSGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        workers=options.workers,
+        blocking_threads=options.threads,
+        # a keep-alive connection idle this long is closed (hyper counts the wait for the next request's head)
+        http1_settings=HTTP1Settings(header_read_timeout=30_000),
+        log_level=LogLevels.warning,
+        workers_kill_timeout=5,  # then a worker that has not finished its requests is killed
+    ).serve(target_loader=load, wrap_loader=False)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections).
-
-    No control socket: gunicorn's default is one per user (`~/.gunicorn/gunicorn.ctl`), so stopping one
-    server would delete another's, and lambdaflow stops its servers by signal."""
+    """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections)."""
     # before the workers import prometheus_client: it picks multiprocess mode once, at its import
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings, port))
+    from serving.app import create_app
 
-    def load() -> Any:
-        from serving.app import create_app
-
-        return create_app(settings)
-
-    run_gunicorn(load, gunicorn_options(settings, host, port))
+    options = ServerOptions.from_settings(settings, host, port)
+    run_server(partial(create_app, settings), options, "lambdaflow serve")

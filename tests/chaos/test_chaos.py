@@ -77,7 +77,7 @@ class Chaos:
 
     @staticmethod
     def kill(process: subprocess.Popen) -> None:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver, its Spark JVM and Python workers, or gunicorn's
+        os.killpg(process.pid, signal.SIGKILL)  # a driver with its JVM and workers, or a server's workers
         process.wait()
 
     def kill_stream(self) -> None:

@@ -171,7 +171,7 @@ def fill_store(url: str) -> int:
 
 @contextlib.contextmanager
 def serve_filled_store(data_dir: Path, **env: str) -> Iterator[tuple[str, str, int]]:
-    """`lambdaflow serve` (gunicorn) on a filled store with a token made for it: (base URL, token,
+    """`lambdaflow serve` (Granian) on a filled store with a token made for it: (base URL, token,
     windows). `env` adds settings."""
     port = free_port()
     token = secrets.token_urlsafe(24)

@@ -1,4 +1,4 @@
-"""The API against its own OpenAPI document and hostile input, on `lambdaflow serve` (gunicorn) over a store
+"""The API against its own OpenAPI document and hostile input, on `lambdaflow serve` over a store
 with batch and speed rows: Schemathesis with all its checks finds nothing, and each hostile request gets its
 documented status and the JSON error shape naming the parameter."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.server import REQUEST_LINE_LIMIT
+from serving.errors import HEADER_FIELD_LIMIT, REQUEST_LINE_LIMIT
 from tests.serving.conftest import serve_filled_store
 
 pytestmark = pytest.mark.integration
@@ -30,15 +30,16 @@ def server(tmp_path_factory):
         yield running
 
 
-def call(server, path: str, method: str = "GET", token: str | None = None, scheme: str = "Bearer"):
+def call(server, path: str, method: str = "GET", token: str | None = None, scheme: str = "Bearer",
+         extra: dict[str, str] | None = None):  # fmt: skip
     base, default_token, _ = server
-    headers = {"Authorization": f"{scheme} {token or default_token}"}
+    headers = {"Authorization": f"{scheme} {token or default_token}", **(extra or {})}
     request = urllib.request.Request(base + path, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()  # names in any case, as HTTP has them
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
 def test_schemathesis_with_all_checks_finds_no_failure(server):
@@ -109,7 +110,7 @@ def test_valid_edges_are_answered(server):
 
 
 def test_errors_outside_the_parameters_have_the_same_json_shape(server):
-    too_long = "/api/v1/sensors?foo=" + "x" * REQUEST_LINE_LIMIT  # refused by gunicorn before the app
+    too_long = "/api/v1/sensors?foo=" + "x" * REQUEST_LINE_LIMIT  # refused before the token check
     expected = {
         too_long: 414,
         "/api/v1/nothing": 404,
@@ -125,3 +126,10 @@ def test_errors_outside_the_parameters_have_the_same_json_shape(server):
     )
     got, headers, body = call(server, "/api/v1/sensors", method="POST")
     assert got == 405 and json.loads(body)["status"] == 405 and "GET" in headers["Allow"]
+    # a header field at its limit is read; one byte more is refused, whatever the token
+    at_limit = {"X-Note": "y" * (HEADER_FIELD_LIMIT - len("X-Note: "))}
+    assert call(server, "/api/v1/sensors", extra=at_limit)[0] == 200
+    over = {"X-Note": at_limit["X-Note"] + "y"}
+    got, headers, body = call(server, "/api/v1/sensors", token="wrong", extra=over)
+    assert got == 431 and headers["Content-Type"] == "application/json" and json.loads(body)["status"] == 431
+    assert "X-Note" in json.loads(body)["error"]

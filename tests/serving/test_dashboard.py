@@ -1,6 +1,6 @@
 """The dashboard: its page and assets are public, its login form posts the token for an HttpOnly session
 cookie, and that cookie opens the API (Flask's test client); and the whole flow in Debian's Chromium, driven
-by Playwright from a fresh profile against `lambdaflow serve` (gunicorn): the login form, then charts with
+by Playwright from a fresh profile against `lambdaflow serve` (Granian): the login form, then charts with
 data from both layers and the alerts and quality tables. The screenshot is kept in
 `test-artifacts/dashboard.png`."""
 

@@ -1,6 +1,6 @@
 """Lag you can see: `/health` gives each streaming query's offsets, lag and status (a query with lag whose
 offsets do not move is stalled: 503; an idle one is ok), `/metrics` gives the same and the API's requests in
-Prometheus text, summed over gunicorn's workers, and a store made before these columns gets them."""
+Prometheus text, summed over the server's workers, and a store made before these columns gets them."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_a_store_made_before_the_lag_columns_gets_them_and_keeps_its_rows(tmp_pa
 
 
 @pytest.mark.integration
-def test_metrics_under_gunicorn_add_up_every_workers_requests(tmp_path):
+def test_metrics_under_the_server_add_up_every_workers_requests(tmp_path):
     data_dir = tmp_path / "data"
     with serve_filled_store(data_dir, LAMBDAFLOW_SERVE_WORKERS="2") as (base, token, _):
         auth = {"Authorization": f"Bearer {token}"}
