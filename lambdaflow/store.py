@@ -225,7 +225,9 @@ def engine(url: str, upgrade: bool = True) -> Engine:
 
 
 def _new_engine(url: str) -> Engine:
-    created = create_engine(url, pool_pre_ping=True)
+    # a server may drop idle connections (a restart, a proxy's timeout); a SQLite file's are never stale,
+    # and a ping on every checkout costs each serving request a statement
+    created = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if created.dialect.name == "sqlite":
         if created.url.database and created.url.database != ":memory:":
             Path(created.url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import (
@@ -124,8 +125,8 @@ def merged_view(
         found = result.all()
         # nothing found: nothing to be consistent with
         as_of = found[0][-1] if found else connection.execute(_horizon_statement(view)).scalar()
-    # cheaper than .mappings() or slicing each row
-    return Merged(as_of, [dict(zip(names, row, strict=False)) for row in found])
+    # cheaper than .mappings(), slicing each row or a comprehension's zip() per row
+    return Merged(as_of, list(map(dict, map(zip, repeat(names), found))))
 
 
 def exists(engine: Engine, view: str, column: str, value: Any) -> bool:
