@@ -225,6 +225,7 @@ def airflow_env(
         # gave up within seconds and the task failed its first try, then waited out the retry delay
         "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "cli" / "airflow_plugins"),
         # the DAG starts with the lake: its history's first day, else today (catching up from the default
         # start date would queue empty days)
         "LAMBDAFLOW_BATCH_START_DATE": os.environ.get("LAMBDAFLOW_BATCH_START_DATE")

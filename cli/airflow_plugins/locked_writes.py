@@ -1,0 +1,96 @@
+"""The embedded stack's Airflow API server runs a write again when SQLite refused it as locked.
+
+On SQLite in WAL mode a transaction that has read cannot start writing once another process (the scheduler,
+the DAG processor) has committed since its read: SQLite answers "database is locked" at once, without
+waiting, and the only remedy is to run the transaction again. Airflow maps that error to a 503 on the
+backfill endpoints ("Backfill creation is not supported on SQLite under concurrent access"), so "Run
+Backfill" in the UI failed now and then. The failed transaction was rolled back, so replaying the request
+is safe. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from airflow.configuration import conf
+from airflow.plugins_manager import AirflowPlugin
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
+
+LOCKED = b"database is locked"
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class RetryLockedWrites:
+    """ASGI middleware: a write request answered 503 "Database is locked" runs again, up to `attempts`
+    times with a doubling wait from `first_wait_s`; the client sees the last answer."""
+
+    def __init__(self, app: ASGIApp, attempts: int = 6, first_wait_s: float = 0.05) -> None:
+        self.app = app
+        self.attempts = attempts
+        self.first_wait_s = first_wait_s
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in READS:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        wait_s = self.first_wait_s
+        for attempt in range(1, self.attempts + 1):
+            answer = await self._answer(scope, bytes(body), receive)
+            if attempt == self.attempts or not _locked(answer):
+                break
+            await asyncio.sleep(wait_s)
+            wait_s *= 2
+        for message in answer:
+            await send(message)
+
+    async def _answer(self, scope: Message, body: bytes, receive: Receive) -> list[Message]:
+        """The app's answer to the request with `body`, held back so that it can be discarded."""
+        answer: list[Message] = []
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:  # the app reads on only to see the client leave
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def hold(message: Message) -> None:
+            answer.append(message)
+
+        await self.app(scope, replay, hold)
+        return answer
+
+
+def _locked(answer: list[Message]) -> bool:
+    """Whether the answer is the API server's 503 for a database SQLite reported locked."""
+    if not answer or answer[0].get("status") != 503:
+        return False
+    return LOCKED in b"".join(message.get("body", b"") for message in answer[1:]).lower()
+
+
+def _on_sqlite() -> bool:
+    return conf.get("database", "sql_alchemy_conn").startswith("sqlite")
+
+
+class LockedWritesPlugin(AirflowPlugin):
+    name = "lambdaflow_locked_writes"
+    fastapi_root_middlewares = (
+        [{"middleware": RetryLockedWrites, "args": [], "kwargs": {}, "name": "Retry writes SQLite refused"}]
+        if _on_sqlite()
+        else []
+    )

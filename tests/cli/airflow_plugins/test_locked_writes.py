@@ -1,0 +1,134 @@
+"""The embedded stack's Airflow API server, its metadata on SQLite, creates every backfill asked of it while
+another process commits to the database all the time (as the scheduler and the DAG processor do)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cli.services import services
+from cli.stack import Credential, airflow_env
+from lambdaflow.broker import free_port
+from lambdaflow.settings import load_settings
+from tests.conftest import ROOT, settings_env
+from tests.dags.conftest import airflow, migrate_metadata
+
+pytestmark = pytest.mark.integration
+BACKFILLS = 40
+
+
+@pytest.fixture(scope="module")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("airflow-sqlite") / "airflow.db"
+    migrate_metadata(tmp_path_factory, f"sqlite:///{path}")
+    return path
+
+
+def call(url: str, token: str = "", method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers=headers)  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+class Committer(threading.Thread):
+    """Commits a row to the metadata database every few milliseconds, as another Airflow process would."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(daemon=True)
+        self.database = database
+        self.stop = threading.Event()
+        self.commits = 0
+
+    def run(self) -> None:
+        connection = sqlite3.connect(self.database, timeout=30)
+        connection.execute("CREATE TABLE IF NOT EXISTS lambdaflow_ticks (at REAL)")
+        while not self.stop.is_set():
+            with connection:
+                connection.execute("INSERT INTO lambdaflow_ticks VALUES (?)", (time.time(),))
+            self.commits += 1
+            time.sleep(0.01)
+        connection.close()
+
+
+@pytest.fixture
+def api_server(tmp_path, migrated_sqlite):
+    """The API server alone, with the embedded stack's Airflow configuration; yields (URL, bearer token, the
+    metadata database's path)."""
+    secrets_ = {name: Credential(f"test-{name}", False, "environment")
+                for name in ("api_token", "airflow_password", "jwt_secret")}  # fmt: skip
+    settings = load_settings(data_dir=tmp_path / "data", airflow_port=free_port())
+    env = {**settings_env(settings), **airflow_env(settings, ROOT, secrets_)}
+    env["LAMBDAFLOW_BATCH_START_DATE"] = (datetime.now(UTC).date() - timedelta(days=30)).isoformat()
+    database = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
+    database.write_bytes(migrated_sqlite.read_bytes())
+    airflow(["dags", "reserialize"], env)
+    log = (tmp_path / "api-server.log").open("w")
+    server = subprocess.Popen(services()["airflow-api-server"].local_command(), env=env, cwd=ROOT,
+                              start_new_session=True, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = env["AIRFLOW__API__BASE_URL"]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                call(url + "/api/v2/monitor/health")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "api-server.log"
+                ).read_text()[-3000:]
+                time.sleep(1)
+        credentials = {"username": "admin", "password": secrets_["airflow_password"].value}
+        status, token = call(url + "/auth/token", method="POST", body=credentials)
+        assert status in (200, 201), token
+        yield url, token["access_token"], database
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.mark.timeout(600)
+def test_every_backfill_is_created_while_another_process_commits(api_server):
+    url, token, database = api_server
+    status, dag = call(url + "/api/v2/dags/lambdaflow_batch", token, "PATCH", {"is_paused": False})
+    assert status == 200, dag
+    committer = Committer(database)
+    committer.start()
+    refused = []
+    try:
+        today = datetime.now(UTC).date()
+        for n in range(BACKFILLS):
+            day = today - timedelta(days=2 + n)
+            status, backfill = call(url + "/api/v2/backfills", token, "POST", {
+                "dag_id": "lambdaflow_batch", "from_date": f"{day}T00:00:00Z", "to_date": f"{day}T00:00:00Z",
+                "reprocess_behavior": "completed", "max_active_runs": 1,
+            })  # fmt: skip
+            if status != 200:
+                refused.append((status, backfill))
+                continue
+            # a DAG has one backfill at a time: cancel it so that the next can be created
+            status, cancelled = call(url + f"/api/v2/backfills/{backfill['id']}/cancel", token, "PUT")
+            assert status == 200 and cancelled["completed_at"], cancelled
+    finally:
+        committer.stop.set()
+        committer.join()
+    assert committer.commits > BACKFILLS
+    assert not refused, f"{len(refused)} of {BACKFILLS} backfills refused: {refused[0]}"
