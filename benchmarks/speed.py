@@ -81,6 +81,7 @@ FRESHNESS_WARMUP_S, PROBE_INTERVAL_S = 20.0, 0.1
 # ids expire as fast as they come from minute ~4), to measure that steady state in a shorter run.
 FRESHNESS_MEASURE_S = float(os.environ.get("BENCH_FRESHNESS_SECONDS", "45"))
 WATERMARK_S = os.environ.get("BENCH_WATERMARK_SECONDS")
+TRIGGER_S = os.environ.get("BENCH_TRIGGER_SECONDS")  # the speed queries' trigger, else the app's default
 WARM_UP_EVENTS = 3_000  # a topic, before the load
 
 
@@ -268,6 +269,8 @@ def _freshness_run(
     env = _env(broker, data_dir, **topics)
     if WATERMARK_S:
         env["LAMBDAFLOW_WATERMARK_SECONDS"] = WATERMARK_S
+    if TRIGGER_S:
+        env["LAMBDAFLOW_TRIGGER_SECONDS"] = TRIGGER_S
     subprocess_topics(env)
     app_log = logs / f"{name}-stream.log"
     store_url = f"sqlite:///{data_dir / 'serving.db'}"
@@ -378,9 +381,9 @@ def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
         "(benchmarks.floors), under the same load"
     )
     p50.notes["setup"] = (
-        f"lambdaflow stream (2 topic queries, trigger 1 s; archiver 10 s), producers {FRESHNESS_RATES}, "
-        f"a probe every {PROBE_INTERVAL_S} s after {FRESHNESS_WARMUP_S:.0f} s of warm-up (load started after "
-        f"every query's first micro-batch of data)"
+        f"lambdaflow stream (2 topic queries, trigger {TRIGGER_S or 1} s; archiver 10 s), "
+        f"producers {FRESHNESS_RATES}, a probe every {PROBE_INTERVAL_S} s after {FRESHNESS_WARMUP_S:.0f} s "
+        f"of warm-up (load started after every query's first micro-batch of data)"
     )
     return [p50, p99]
 
