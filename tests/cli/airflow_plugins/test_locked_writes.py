@@ -21,17 +21,10 @@ from cli.stack import Credential, airflow_env
 from lambdaflow.broker import free_port
 from lambdaflow.settings import load_settings
 from tests.conftest import ROOT, settings_env
-from tests.dags.conftest import airflow, migrate_metadata
+from tests.dags.conftest import airflow
 
 pytestmark = pytest.mark.integration
 BACKFILLS = 40
-
-
-@pytest.fixture(scope="module")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("airflow-sqlite") / "airflow.db"
-    migrate_metadata(tmp_path_factory, f"sqlite:///{path}")
-    return path
 
 
 def call(url: str, token: str = "", method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
@@ -66,7 +59,7 @@ class Committer(threading.Thread):
 
 
 @pytest.fixture
-def api_server(tmp_path, migrated_sqlite):
+def api_server(tmp_path, migrated_sqlite_metadata):
     """The API server alone, with the embedded stack's Airflow configuration; yields (URL, bearer token, the
     metadata database's path)."""
     secrets_ = {name: Credential(f"test-{name}", False, "environment")
@@ -75,7 +68,7 @@ def api_server(tmp_path, migrated_sqlite):
     env = {**settings_env(settings), **airflow_env(settings, ROOT, secrets_)}
     env["LAMBDAFLOW_BATCH_START_DATE"] = (datetime.now(UTC).date() - timedelta(days=30)).isoformat()
     database = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
-    database.write_bytes(migrated_sqlite.read_bytes())
+    database.write_bytes(migrated_sqlite_metadata.read_bytes())
     airflow(["dags", "reserialize"], env)
     log = (tmp_path / "api-server.log").open("w")
     server = subprocess.Popen(services()["airflow-api-server"].local_command(), env=env, cwd=ROOT,
