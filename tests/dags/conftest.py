@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,6 @@ def airflow_services(settings, postgres_url, migrated_postgres_metadata, tmp_pat
     metadata on a throwaway PostgreSQL database, each component started with docker-compose.yaml's command
     for it (cli/services.py). Yields (env, metadata URL)."""
     import secrets
-    import signal
     import time
 
     from lambdaflow.broker import free_port
@@ -118,29 +118,42 @@ def airflow_services(settings, postgres_url, migrated_postgres_metadata, tmp_pat
     })  # fmt: skip
     env.update(lambdaflow_env)
     airflow(["dags", "reserialize"], env)
-    logs = tmp_path / "airflow-logs"
+    components = ("api-server", "scheduler", "dag-processor")
+    with running_airflow(env, components, tmp_path / "airflow-logs", f"http://127.0.0.1:{port}"):
+        yield env, metadata_url
+
+
+@contextlib.contextmanager
+def running_airflow(
+    env: dict[str, str], components: tuple[str, ...], logs: Path, base_url: str
+) -> Iterator[None]:
+    """Airflow's `components` (the API server first), each with docker-compose.yaml's command for it
+    (cli/services.py) and its log in `logs`, running until the block ends; entered once the API server
+    answers."""
+    import signal
+    import time
+    import urllib.request
+
     logs.mkdir()
     commands = compose_services()
     services = [
         subprocess.Popen(commands[f"airflow-{component}"].local_command(), env=env, cwd=ROOT,
                          start_new_session=True, stdout=(logs / f"{component}.log").open("w"),
                          stderr=subprocess.STDOUT)
-        for component in ("api-server", "scheduler", "dag-processor")
+        for component in components
     ]  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        import urllib.request
-
         while True:  # the API server answers once it is up
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2)
+                urllib.request.urlopen(f"{base_url}/api/v2/monitor/health", timeout=2)
                 break
             except OSError as exc:
                 if time.monotonic() > deadline or any(s.poll() is not None for s in services):
-                    tails = [(logs / f).read_text()[-2000:] for f in ("api-server.log", "scheduler.log")]
+                    tails = [(logs / f"{component}.log").read_text()[-2000:] for component in components[:2]]
                     raise AssertionError("Airflow did not start: " + " | ".join(tails)) from exc
                 time.sleep(1)
-        yield env, metadata_url
+        yield
     finally:
         for service in services:
             with contextlib.suppress(ProcessLookupError):

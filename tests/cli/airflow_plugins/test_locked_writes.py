@@ -4,9 +4,7 @@ another process commits to the database all the time (as the scheduler and the D
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.error
@@ -16,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.services import services
 from cli.stack import Credential, airflow_env
 from lambdaflow.broker import free_port
 from lambdaflow.settings import load_settings
 from tests.conftest import ROOT, settings_env
-from tests.dags.conftest import airflow
+from tests.dags.conftest import airflow, running_airflow
 
 pytestmark = pytest.mark.integration
 BACKFILLS = 40
@@ -70,32 +67,12 @@ def api_server(tmp_path, migrated_sqlite_metadata):
     database = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
     database.write_bytes(migrated_sqlite_metadata.read_bytes())
     airflow(["dags", "reserialize"], env)
-    log = (tmp_path / "api-server.log").open("w")
-    server = subprocess.Popen(services()["airflow-api-server"].local_command(), env=env, cwd=ROOT,
-                              start_new_session=True, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = env["AIRFLOW__API__BASE_URL"]
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                call(url + "/api/v2/monitor/health")
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "api-server.log"
-                ).read_text()[-3000:]
-                time.sleep(1)
+    with running_airflow(env, ("api-server",), tmp_path / "airflow-logs", url):
         credentials = {"username": "admin", "password": secrets_["airflow_password"].value}
         status, token = call(url + "/auth/token", method="POST", body=credentials)
         assert status in (200, 201), token
         yield url, token["access_token"], database
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.mark.timeout(600)
