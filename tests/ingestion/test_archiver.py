@@ -236,3 +236,15 @@ def test_sigterm_drains_what_the_broker_holds_before_the_stream_stops(make_setti
     assert "drained: every query processed what the broker held" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert_lake_matches_topics(settings, {settings.topic_iot: 3500, settings.topic_activity: 3000})
+
+
+def test_a_task_given_no_record_batch_writes_nothing(tmp_path):
+    """A task whose input has no Arrow batch at all (an empty partition) answers no stats, not an error."""
+    from ingestion.archiver import ArchiveTask
+    from lambdaflow.kafka import KafkaConnection
+
+    task = ArchiveTask(batch_id=7, lake=tmp_path, contracts={"iot": "iot_sensors"},
+                       max_future=timedelta(minutes=5), dead_letter_topic=None,
+                       kafka=KafkaConnection("127.0.0.1:9"))  # fmt: skip
+    assert list(task(iter([]))) == []
+    assert list(tmp_path.iterdir()) == []
