@@ -54,6 +54,7 @@ from lambdaflow.broker import EmbeddedBroker
 from lambdaflow.contracts import format_ts
 from lambdaflow.kafka import KafkaConnection
 from lambdaflow.lake import archiver_status_path
+from lambdaflow.settings import Settings
 from local_services.spark_cluster import running_spark_cluster
 from speed.queries import QUERY_PARTS
 
@@ -81,6 +82,7 @@ FRESHNESS_WARMUP_S, PROBE_INTERVAL_S = 20.0, 0.1
 # ids expire as fast as they come from minute ~4), to measure that steady state in a shorter run.
 FRESHNESS_MEASURE_S = float(os.environ.get("BENCH_FRESHNESS_SECONDS", "45"))
 WATERMARK_S = os.environ.get("BENCH_WATERMARK_SECONDS")
+ARCHIVE_TRIGGER_S = os.environ.get("BENCH_ARCHIVE_TRIGGER_SECONDS")  # the archiver's, else the app's
 TRIGGER_S = os.environ.get("BENCH_TRIGGER_SECONDS")  # the speed queries' trigger, else the app's default
 WARM_UP_EVENTS = 3_000  # a topic, before the load
 
@@ -271,6 +273,8 @@ def _freshness_run(
         env["LAMBDAFLOW_WATERMARK_SECONDS"] = WATERMARK_S
     if TRIGGER_S:
         env["LAMBDAFLOW_TRIGGER_SECONDS"] = TRIGGER_S
+    if ARCHIVE_TRIGGER_S:
+        env["LAMBDAFLOW_ARCHIVE_TRIGGER_SECONDS"] = ARCHIVE_TRIGGER_S
     subprocess_topics(env)
     app_log = logs / f"{name}-stream.log"
     store_url = f"sqlite:///{data_dir / 'serving.db'}"
@@ -381,11 +385,16 @@ def freshness(broker: EmbeddedBroker, work: Path) -> list[Result]:
         "(benchmarks.floors), under the same load"
     )
     p50.notes["setup"] = (
-        f"lambdaflow stream (2 topic queries, trigger {TRIGGER_S or 1} s; archiver 10 s), "
+        f"lambdaflow stream (2 topic queries, trigger {TRIGGER_S or _default('trigger_seconds')} s; "
+        f"archiver {ARCHIVE_TRIGGER_S or _default('archive_trigger_seconds')} s), "
         f"producers {FRESHNESS_RATES}, a probe every {PROBE_INTERVAL_S} s after {FRESHNESS_WARMUP_S:.0f} s "
         f"of warm-up (load started after every query's first micro-batch of data)"
     )
     return [p50, p99]
+
+
+def _default(setting: str) -> object:
+    return Settings.model_fields[setting].default
 
 
 def run(selected: set[str]) -> list[Result]:
