@@ -81,9 +81,11 @@ class ArchiveTask:
     kafka: KafkaConnection
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = list(batches)
-        table = pa.Table.from_batches(batches) if batches else None
-        if table is None or table.num_rows == 0:
+        received = list(batches)
+        if not received:  # an empty input partition: pyarrow cannot make a table of no batch
+            return
+        table = pa.Table.from_batches(received)
+        if table.num_rows == 0:
             return
         # a task reads one Kafka partition, or several small ones together (lambdaflow.kafka_source)
         pairs = table.select(["topic", "partition"]).group_by(["topic", "partition"]).aggregate([])

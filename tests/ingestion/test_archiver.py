@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from ingestion.archiver import start_archiver, status_path
+from ingestion.archiver import ArchiveTask, start_archiver, status_path
+from lambdaflow.kafka import KafkaConnection
 from tests.conftest import LAMBDAFLOW, ROOT, run_cli, settings_env
 from tests.kafka_helpers import consume_all
 from tests.oracle import is_valid, parse_ts
@@ -240,9 +241,6 @@ def test_sigterm_drains_what_the_broker_holds_before_the_stream_stops(make_setti
 
 def test_a_task_given_no_record_batch_writes_nothing(tmp_path):
     """A task whose input has no Arrow batch at all (an empty partition) answers no stats, not an error."""
-    from ingestion.archiver import ArchiveTask
-    from lambdaflow.kafka import KafkaConnection
-
     task = ArchiveTask(batch_id=7, lake=tmp_path, contracts={"iot": "iot_sensors"},
                        max_future=timedelta(minutes=5), dead_letter_topic=None,
                        kafka=KafkaConnection("127.0.0.1:9"))  # fmt: skip
