@@ -1,8 +1,9 @@
 """The serving benchmark's floor: `GET /api/v1/sensors/<id>/metrics?from=…&to=…` answered by a bare WSGI
-function over `sqlite3` — the same statement and the same JSON as the app, without Flask, flask-smorest,
-marshmallow or SQLAlchemy — under the same server settings as `lambdaflow serve`:
-`python -m benchmarks.bare_serving DATABASE --port P`. What a user could get by hand; the app's figure over
-this one is what the framework costs. It answers only that route, and only well-formed requests."""
+function over `sqlite3` — the same statement and the same JSON as the app (batch rows' stored points
+copied), without Flask, flask-smorest, marshmallow or SQLAlchemy — under the same server settings as
+`lambdaflow serve`: `python -m benchmarks.bare_serving DATABASE --port P`. What a user could get by hand; the
+app's figure over this one is what the framework costs. It answers only that route, and only well-formed
+requests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -19,20 +20,33 @@ import orjson
 
 _COLUMNS = ("window_start", "sensor_id", "location", "events", "temperature_avg", "temperature_min",
             "temperature_max", "humidity_avg", "pressure_avg", "battery_min")  # fmt: skip
+# Point keys: the columns less the subject, then the layer; the answer's times as ISO-8601 UTC with a Z.
+_POINT_COLUMNS = tuple(name for name in _COLUMNS if name != "sensor_id")
+_POINT_KEYS = (*_POINT_COLUMNS, "source")
 _HORIZON = "(SELECT horizon FROM horizons WHERE view = 'sensor_stats')"
-_SELECTED = ", ".join(_COLUMNS)
-# The app's merge for one sensor: batch rows before the horizon, speed rows from it on, the horizon with them.
+_ORDER = "window_start, sensor_id, location"
+_SELECTED = ", ".join(_POINT_COLUMNS)
+_NO_COLUMNS = ", ".join(["NULL"] * len(_POINT_COLUMNS))
+
+
+def _batch(start: str, end: str) -> str:
+    return f"""SELECT NULL, {_SELECTED}, 'batch', {_HORIZON}, {_ORDER} FROM batch_sensor_stats
+ WHERE window_start >= :{start} AND window_start < :{end} AND window_start < {_HORIZON}
+   AND sensor_id = :sensor"""
+
+
+# The app's merge for one sensor: the stored points of the whole published days in the range, the batch rows
+# before and after them, the speed rows from the horizon on, each with the horizon, in the view's key order.
 SQL = f"""
-SELECT {_SELECTED}, 'batch' AS source, {_HORIZON} AS batch_as_of FROM batch_sensor_stats
- WHERE window_start >= :start AND window_start < :end AND window_start < {_HORIZON} AND sensor_id = :sensor
-UNION ALL
-SELECT {_SELECTED}, 'speed' AS source, {_HORIZON} AS batch_as_of FROM speed_sensor_stats
+SELECT points, {_NO_COLUMNS}, 'batch', {_HORIZON}, day, NULL, NULL FROM batch_points
+ WHERE view = 'sensor_stats' AND subject = :sensor AND day >= :first AND day < :last
+UNION ALL {_batch("start", "before")}
+UNION ALL {_batch("after", "end")}
+UNION ALL SELECT NULL, {_SELECTED}, 'speed', {_HORIZON}, {_ORDER} FROM speed_sensor_stats
  WHERE window_start >= :start AND window_start < :end AND ({_HORIZON} IS NULL OR window_start >= {_HORIZON})
    AND sensor_id = :sensor
-ORDER BY window_start, sensor_id, location
+ORDER BY 13, 14, 15
 """
-# Point keys: the columns less the subject, then the layer; the answer's times as ISO-8601 UTC with a Z.
-_POINT_KEYS = (*(name for name in _COLUMNS if name != "sensor_id"), "source")
 _JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
 
@@ -42,6 +56,15 @@ def _stored(moment: str) -> str:
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed.isoformat(" ", "microseconds")
+
+
+def _whole_days(start: str, end: str) -> dict[str, str]:
+    """The whole days in [start, end) and the parts of the range before and after them, as stored text."""
+    start_day, end_day = date.fromisoformat(start[:10]), date.fromisoformat(end[:10])
+    first = start_day if start[11:] == "00:00:00.000000" else start_day + timedelta(days=1)
+    last = max(first, end_day)
+    before, after = f"{first} 00:00:00.000000", f"{last} 00:00:00.000000"
+    return {"first": str(first), "last": str(last), "before": min(before, end), "after": max(after, start)}
 
 
 def create_app(database: str) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
@@ -56,20 +79,26 @@ def create_app(database: str) -> Callable[[dict[str, Any], Callable[..., Any]], 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         sensor = unquote(environ["PATH_INFO"].split("/")[4])  # /api/v1/sensors/<id>/metrics
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        start, end = query["from"][0], query["to"][0]
-        found = connection().execute(SQL, {"start": _stored(start), "end": _stored(end), "sensor": sensor})
+        start, end = _stored(query["from"][0]), _stored(query["to"][0])
+        found = connection().execute(
+            SQL, {"start": start, "end": end, "sensor": sensor, **_whole_days(start, end)}
+        )
         points, batch_as_of = [], None
-        for row in found:
-            point = dict(zip(_POINT_KEYS, row[:1] + row[2:11], strict=True))
-            point["window_start"] = datetime.fromisoformat(point["window_start"])
-            points.append(point)
+        for row in found:  # the stored points or the point's columns, source, batch_as_of, the order
+            if row[0] is not None:
+                points.append(row[0])
+            else:
+                point = dict(zip(_POINT_KEYS, row[1:11], strict=True))
+                point["window_start"] = datetime.fromisoformat(point["window_start"])
+                points.append(orjson.dumps(point, option=_JSON_OPTIONS))
             batch_as_of = row[11]
         if batch_as_of is None:  # no row: the horizon alone
             horizon = connection().execute(_HORIZON[1:-1]).fetchone()
             batch_as_of = horizon and horizon[0]
         horizon = datetime.fromisoformat(batch_as_of) if batch_as_of else None
-        answer = {"sensor_id": sensor, "from": _utc(start), "to": _utc(end), "batch_as_of": horizon,
-                  "points": points}  # fmt: skip
+        answer = {"sensor_id": sensor, "from": _utc(query["from"][0]), "to": _utc(query["to"][0]),
+                  "batch_as_of": horizon,
+                  "points": orjson.Fragment(b"[%s]" % b",".join(points))}  # fmt: skip
         body = orjson.dumps(answer, option=_JSON_OPTIONS)
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]

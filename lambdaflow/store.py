@@ -2,14 +2,16 @@
 
 Tables: `speed_<view>` (real-time aggregates, primary key = the view's key, with their mergeable partials),
 `speed_commits` (the last micro-batch merged per speed query), `alerts` (deterministic ids), `stream_progress`
-(one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per
-published day), `horizons` (per view, the end of the newest published day), `baselines` (per sensor and hour
-of day, from the batch layer), `quality_runs` (Great Expectations results). Writers upsert whole rows or
-replace whole days, so writing the same micro-batch or day twice leaves the store unchanged.
+(one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per published day),
+`batch_points` (per view, subject and published day, the API's points), `horizons` (per view, the end of the
+newest published day), `baselines` (per sensor and hour of day, from the batch layer), `quality_runs` (Great
+Expectations results). Writers upsert whole
+rows or replace whole days, so writing the same micro-batch or day twice leaves the store unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,10 +41,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from lambdaflow import migrations
+from lambdaflow import migrations, points
 from lambdaflow.views import VIEWS, Field
 from lambdaflow.views.model import BYTES, FLOAT, INTEGER, TEXT, TIME
 
+log = logging.getLogger(__name__)
 metadata = MetaData()
 
 _TIME = DateTime()  # naive UTC everywhere: SQLite has no time zones, PostgreSQL gets "timestamp"
@@ -98,6 +101,18 @@ def _view_table(prefix: str, view: str) -> Table:
 
 SPEED_TABLES: dict[str, Table] = {view: _view_table("speed", view) for view in VIEWS}
 BATCH_TABLES: dict[str, Table] = {view: _view_table("batch", view) for view in VIEWS}
+
+# The points of one subject (a view route's path column) on one published day, as the API writes them: a
+# whole published day of a sensor is answered by copying one value instead of making and serializing Python
+# values per row. Written with the day's rows, and made again from them by an upgrade (`derive_points`).
+batch_points = Table(
+    "batch_points",
+    metadata,
+    Column("view", String(64), primary_key=True),
+    Column("subject", String(128), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("points", LargeBinary, nullable=False),  # the points' JSON objects, comma-separated, in order
+)
 
 # Events per window that reached Kafka more than the watermark after their event time: the speed layer
 # dropped them, the batch layer counts them.
@@ -219,7 +234,7 @@ def engine(url: str, upgrade: bool = True) -> Engine:
         if url not in _engines:
             _engines[url] = _new_engine(url)
         if upgrade and url not in _upgraded:
-            migrations.upgrade(_engines[url], metadata, view_table_names())
+            migrations.upgrade(_engines[url], metadata, view_table_names(), derive_points)
             _upgraded.add(url)
         return _engines[url]
 
@@ -233,6 +248,36 @@ def _new_engine(url: str) -> Engine:
             Path(created.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(created, "connect", _sqlite_pragmas)
     return created
+
+
+def derive_points(connection: Any, tables: set[str]) -> None:
+    """Make again the stored points of every published day of the views whose batch table is in `tables`:
+    after an upgrade that may have changed what a point holds (a column added), or made the points table."""
+    for view, batch in BATCH_TABLES.items():
+        if batch.name not in tables or points.subject(view) is None:
+            continue
+        connection.execute(batch_points.delete().where(batch_points.c.view == view))
+        days = connection.execute(select(batch.c.day).distinct().order_by(batch.c.day)).scalars().all()
+        for day in days:
+            rows = connection.execute(select(batch).where(batch.c.day == day)).mappings().all()
+            _replace_points(connection, view, day, rows)
+        if days:
+            log.info("store: the %s points of %d published days made again", view, len(days))
+
+
+def _replace_points(connection: Any, view: str, day: date, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Store the day's points of each subject of `view`, in the order the API answers them."""
+    connection.execute(batch_points.delete().where(batch_points.c.view == view, batch_points.c.day == day))
+    subject = points.subject(view)
+    if subject is None:
+        return
+    by_subject: dict[str, list[bytes]] = {}
+    for row in sorted(rows, key=points.order_key(view)):
+        by_subject.setdefault(row[subject], []).append(points.batch_point_json(view, row))
+    insert_rows(connection, batch_points, [
+        {"view": view, "subject": name, "day": day, "points": b",".join(found)}
+        for name, found in by_subject.items()
+    ])  # fmt: skip
 
 
 def view_table_names() -> set[str]:
@@ -349,7 +394,8 @@ def publish_day(
 ) -> datetime:
     """Publish a recomputed day in one transaction: replace the day's rows in every `batch_<view>` table,
     advance each view's horizon to the end of the newest published day, and delete the speed rows older than
-    the horizon (the batch rows now answer for them). Returns the day's end. Re-running a day leaves the store
+    the horizon (the batch rows now answer for them), with each subject's points for the API (see
+    `batch_points`). Returns the day's end. Re-running a day leaves the store
     as it was."""
     end = datetime.combine(day + timedelta(days=1), time())
     with engine.begin() as connection:
@@ -357,6 +403,7 @@ def publish_day(
             table = BATCH_TABLES[view_name]
             connection.execute(table.delete().where(table.c.day == day))
             insert_rows(connection, table, [{**row, "day": day} for row in rows])
+            _replace_points(connection, view_name, day, rows)
             current = connection.execute(
                 select(horizons.c.horizon).where(horizons.c.view == view_name)
             ).scalar()

@@ -11,7 +11,7 @@ from flask_smorest import Api
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
-from lambdaflow import store
+from lambdaflow import points, store
 from lambdaflow.settings import Settings, load_settings
 from serving.api import AnswerCache, api
 from serving.auth import require_token
@@ -43,7 +43,7 @@ class OrjsonProvider(JSONProvider):
     """orjson: several times faster than the standard library on the view payloads; times as ISO-8601 UTC
     with a `Z` (the store keeps naive UTC)."""
 
-    options = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+    options = points.JSON_OPTIONS
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         try:

@@ -9,15 +9,15 @@ straddles a publish.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from functools import cache
-from itertools import repeat
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    LargeBinary,
     ScalarSelect,
     Select,
     String,
@@ -25,33 +25,25 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    null,
     or_,
     select,
+    type_coerce,
     union_all,
 )
 from sqlalchemy.sql.selectable import CompoundSelect
 
-from lambdaflow import store
+from lambdaflow import points, store
 from lambdaflow.views import VIEWS
-
-# Columns the speed layer estimates with HyperLogLog sketches (exact in batch); the API marks them on speed
-# points.
-APPROXIMATE_IN_SPEED: dict[str, tuple[str, ...]] = {
-    name: view.increment.approximate for name, view in VIEWS.items()
-}
 
 
 @dataclass(frozen=True)
 class Merged:
-    """A merged answer: the view's horizon (None before the first publish) and its rows, oldest first."""
+    """A merged answer: the view's horizon (None before the first publish) and its points' JSON, oldest
+    first."""
 
     batch_as_of: datetime | None
-    rows: list[dict[str, Any]]
-
-
-def _side(table: Any, columns: Sequence[str], source: str, horizon: Any, conditions: list[Any]) -> Select:
-    labels = (literal(source, String()).label("source"), horizon.label("batch_as_of"))
-    return select(*(table.c[name] for name in columns), *labels).where(and_(*conditions))
+    points: list[bytes]
 
 
 def _horizon(view: str) -> ScalarSelect:
@@ -59,13 +51,24 @@ def _horizon(view: str) -> ScalarSelect:
 
 
 @cache
-def _merged_statement(view: str, equals: tuple[str, ...], at_least: tuple[str, ...]) -> CompoundSelect:
+def _merged_statement(
+    view: str, equals: tuple[str, ...], at_least: tuple[str, ...], stored_days: bool
+) -> CompoundSelect:
     """The merge of `view` for one shape of filters, built once with its values as bound parameters
-    (`range_start`, `range_end`, `equals_<column>`, `at_least_<column>`): SQLAlchemy then keys and compiles
-    it once, where building the statement per request cost more than SQLite's answer."""
-    time_column = VIEWS[view].time_column
-    columns = list(store.VIEW_COLUMNS[view])
-    batch, speed = store.BATCH_TABLES[view], store.SPEED_TABLES[view]
+    (`range_start`, `range_end`, `equals_<column>`, `at_least_<column>`, and with `stored_days` those of
+    `_whole_days`): SQLAlchemy then keys and compiles it once, where building the statement per request cost
+    more than SQLite's answer.
+
+    Its rows: stored points' JSON (the whole published days of one subject, see `store.batch_points`), or
+    one row's point columns (the other rows); then the layer, the horizon and the view's keys to order by
+    (as text: they are not read). The batch rows are read around the whole days in two ranges, which an
+    index reads without visiting the rows between them."""
+    view_definition = VIEWS[view]
+    time_column = view_definition.time_column
+    order = [time_column, *[c for c in view_definition.keys if c != time_column]]
+    columns = points.POINT_COLUMNS[view]
+    batch, speed, stored = store.BATCH_TABLES[view], store.SPEED_TABLES[view], store.batch_points
+    subject = points.subject(view)
 
     def filters(table: Any) -> list[Any]:
         return [
@@ -73,22 +76,60 @@ def _merged_statement(view: str, equals: tuple[str, ...], at_least: tuple[str, .
             *(table.c[name] >= bindparam(f"at_least_{name}") for name in at_least),
         ]
 
-    def in_range(column: Any) -> list[Any]:
-        return [column >= bindparam("range_start"), column < bindparam("range_end")]
+    def in_range(column: Any, start: str = "range_start", end: str = "range_end") -> list[Any]:
+        return [column >= bindparam(start), column < bindparam(end)]
+
+    def side(keys: list[Any], point: Any, values: list[Any], source: str, conditions: list[Any]) -> Select:
+        return select(
+            point.label("point"),
+            *(value.label(name) for name, value in zip(columns, values, strict=True)),
+            literal(source, String()).label("source"),
+            horizon.label("batch_as_of"),
+            *(type_coerce(key, String()).label(f"order_{i}") for i, key in enumerate(keys)),
+        ).where(and_(*conditions))
 
     # The horizon is a scalar subquery of the one statement: the rows and the `batch_as_of` they carry come
     # from one snapshot even while a publish commits. A NULL horizon selects no batch rows, every speed row.
     horizon = _horizon(view)
+    # typed: the first side's types are the merged columns' types (a time column's text read as a time)
+    no_point = type_coerce(null(), LargeBinary())
     batch_time, speed_time = batch.c[time_column], speed.c[time_column]
-    batch_side = _side(batch, columns, "batch", horizon, [
-        *in_range(batch_time), batch_time < horizon, *filters(batch)
-    ])  # fmt: skip
-    speed_side = _side(speed, columns, "speed", horizon, [
+    batch_keys, batch_values = [batch.c[k] for k in order], [batch.c[n] for n in columns]
+    sides = []
+    if stored_days:  # a published day ends at or before the horizon: its stored points answer for it
+        nothing = [type_coerce(null(), batch.c[name].type) for name in columns]
+        no_keys = [null()] * (len(order) - 1)
+        sides.append(side([stored.c.day, *no_keys], stored.c.points, nothing, "batch", [
+            stored.c.view == view, stored.c.subject == bindparam(f"equals_{subject}"),
+            *in_range(stored.c.day, "days_first", "days_last"),
+        ]))  # fmt: skip
+        for start, end in (("range_start", "before_days"), ("after_days", "range_end")):
+            sides.append(side(batch_keys, no_point, batch_values, "batch", [
+                *in_range(batch_time, start, end), batch_time < horizon, *filters(batch)
+            ]))  # fmt: skip
+    else:
+        sides.append(side(batch_keys, no_point, batch_values, "batch", [
+            *in_range(batch_time), batch_time < horizon, *filters(batch)
+        ]))  # fmt: skip
+    sides.append(side([speed.c[k] for k in order], no_point, [speed.c[n] for n in columns], "speed", [
         *in_range(speed_time), or_(horizon.is_(None), speed_time >= horizon), *filters(speed)
-    ])  # fmt: skip
-    return union_all(batch_side, speed_side).order_by(
-        time_column, *[c for c in VIEWS[view].keys if c != time_column]
-    )
+    ]))  # fmt: skip
+    merged = union_all(*sides)
+    return merged.order_by(*(merged.selected_columns[f"order_{i}"] for i in range(len(order))))
+
+
+def _whole_days(start: datetime, end: datetime) -> dict[str, Any]:
+    """The whole days within [start, end) (`days_first` to `days_last`, none: an empty span), and the parts
+    of the range before and after them (`range_start` to `before_days`, `after_days` to `range_end`)."""
+    first = start.date() if start.time() == time() else start.date() + timedelta(days=1)
+    last = max(first, end.date())
+    before, after = datetime.combine(first, time()), datetime.combine(last, time())
+    return {
+        "days_first": first,
+        "days_last": last,
+        "before_days": min(before, end),
+        "after_days": max(after, start),
+    }
 
 
 @cache
@@ -109,24 +150,26 @@ def merged_view(
     end: datetime,
     equals: Mapping[str, Any] | None = None,
     at_least: Mapping[str, float] | None = None,
+    stored_points: bool = True,
 ) -> Merged:
     """The rows of `view` whose time column lies in [start, end) (naive UTC), filtered by column equality
-    (`equals`) and lower bounds (`at_least`)."""
+    (`equals`) and lower bounds (`at_least`). One subject's whole published days are answered by their
+    stored points unless not `stored_points` (then, as every other row, from their batch rows)."""
     equals, at_least = equals or {}, at_least or {}
-    statement = _merged_statement(view, tuple(equals), tuple(at_least))
-    values = {"range_start": start, "range_end": end,
+    subject = points.subject(view)
+    stored_days = stored_points and subject is not None and tuple(equals) == (subject,) and not at_least
+    statement = _merged_statement(view, tuple(equals), tuple(at_least), stored_days)
+    values = {"range_start": start, "range_end": end, **_whole_days(start, end),
               **{f"equals_{name}": value for name, value in equals.items()},
               **{f"at_least_{name}": value for name, value in at_least.items()}}  # fmt: skip
     with engine.connect() as connection:
-        result = connection.execute(statement, values)
-        # plain str, which orjson writes faster than SQLAlchemy's names; the last column, batch_as_of, is
-        # left out (zip() stops before it)
-        names = list(map(str, result.keys()))[:-1]
-        found = result.all()
+        found = connection.execute(statement, values).all()
         # nothing found: nothing to be consistent with
-        as_of = found[0][-1] if found else connection.execute(_horizon_statement(view)).scalar()
-    # cheaper than .mappings(), slicing each row or a comprehension's zip() per row
-    return Merged(as_of, list(map(dict, map(zip, repeat(names), found))))
+        as_of = found[0].batch_as_of if found else connection.execute(_horizon_statement(view)).scalar()
+    made = points.point_json
+    return Merged(as_of, [
+        row.point if row.point is not None else made(view, row._mapping, row.source) for row in found
+    ])  # fmt: skip
 
 
 def exists(engine: Engine, view: str, column: str, value: Any) -> bool:

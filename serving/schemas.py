@@ -16,8 +16,8 @@ from sqlalchemy import BigInteger, Date, DateTime, Float, Integer, String
 
 from lambdaflow import store
 from lambdaflow.alerts import RULES as ALERT_RULES
+from lambdaflow.points import APPROXIMATE_IN_SPEED
 from lambdaflow.views import VIEWS
-from serving.merge import APPROXIMATE_IN_SPEED
 
 
 class Strict(Schema):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,15 @@ def current(engine: Engine) -> str | None:
         return _context(connection).get_current_revision()
 
 
-def upgrade(engine: Engine, metadata: MetaData, view_tables: Collection[str]) -> None:
-    """Bring the store to the newest revision, then add what the view definitions have and it lacks."""
+def upgrade(
+    engine: Engine,
+    metadata: MetaData,
+    view_tables: Collection[str],
+    derive: Callable[[Connection, set[str]], None] | None = None,
+) -> None:
+    """Bring the store to the newest revision, then add what the view definitions have and it lacks. What
+    is derived from the view tables' rows is made again by `derive(connection, tables)`, in the same
+    transaction, for the tables given columns, and for every view table after a revision ran."""
     with _exclusive(engine) as connection:
         context = _context(connection)
         was = context.get_current_revision()
@@ -95,7 +102,11 @@ def upgrade(engine: Engine, metadata: MetaData, view_tables: Collection[str]) ->
         now = context.get_current_revision()
         if now != was:
             log.info("store %s: upgraded from %s to %s", engine.url.database, was or "nothing", now)
-        sync_additively(connection, metadata, set(view_tables))
+        changes = sync_additively(connection, metadata, set(view_tables))
+        extended = {c.table_name for c in changes if isinstance(c, alembic_ops.AddColumnOp)}
+        changed = set(view_tables) if now != was else extended
+        if derive is not None and changed:
+            derive(connection, changed)
 
 
 def _context(connection: Connection, **options: Any) -> MigrationContext:
@@ -118,9 +129,12 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
-def sync_additively(connection: Connection, metadata: MetaData, tables: Collection[str]) -> None:
+def sync_additively(
+    connection: Connection, metadata: MetaData, tables: Collection[str]
+) -> list[alembic_ops.MigrateOperation]:
     """Make `tables` of the store match `metadata` where that only adds: create missing tables and nullable
-    columns, create and drop indexes. Anything else raises `SchemaChangeRefused` before any change."""
+    columns, create and drop indexes; the changes made. Anything else raises `SchemaChangeRefused` before
+    any change."""
 
     def included(name: str | None, kind: str, *_: Any) -> bool:
         return kind != "table" or name in tables
@@ -143,6 +157,7 @@ def sync_additively(connection: Connection, metadata: MetaData, tables: Collecti
         operations.invoke(change)
     if changes:
         log.info("store: %s", "; ".join(map(_described, changes)))
+    return changes
 
 
 def _flattened(changes: list[alembic_ops.MigrateOperation]) -> Iterator[alembic_ops.MigrateOperation]:
