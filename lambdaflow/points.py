@@ -3,7 +3,8 @@ the layer that answered (`source`), and for speed points the values only estimat
 
 Publishing a batch day stores each subject's points of the day (`store.batch_points`), so answering a
 published day copies bytes instead of making and serializing Python values per row; the serving layer makes
-the other points with the same functions, so both are the same bytes.
+the other points with the same functions, so both are the same bytes. A change to what a point's JSON holds
+other than a view's new column needs a store revision: the upgrade that runs it makes the stored points again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ POINT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 _AS_STORED = {TIME: lambda v: v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v,
-              INTEGER: int, FLOAT: float, TEXT: str}  # fmt: skip
+              INTEGER: lambda v: int(v) if float(v).is_integer() else v, FLOAT: float, TEXT: str}  # fmt: skip
 _TYPES: dict[str, dict[str, Any]] = {
     name: {c.name: _AS_STORED[c.type] for c in view.columns if c.type in _AS_STORED}
     for name, view in VIEWS.items()

@@ -96,12 +96,15 @@ def _merged_statement(
     batch_time, speed_time = batch.c[time_column], speed.c[time_column]
     batch_keys, batch_values = [batch.c[k] for k in order], [batch.c[n] for n in columns]
     sides = []
-    if stored_days:  # a published day ends at or before the horizon: its stored points answer for it
+    # A published day ends at or before the horizon: its stored points answer for it. publish_day writes a
+    # day's rows and points in one transaction (and is the batch tables' only writer), an upgrade makes them
+    # for days published before: a whole day's batch rows need not be read.
+    if stored_days:
         nothing = [type_coerce(null(), batch.c[name].type) for name in columns]
         no_keys = [null()] * (len(order) - 1)
         sides.append(side([stored.c.day, *no_keys], stored.c.points, nothing, "batch", [
             stored.c.view == view, stored.c.subject == bindparam(f"equals_{subject}"),
-            *in_range(stored.c.day, "days_first", "days_last"),
+            *in_range(stored.c.day, "days_first", "days_last"), horizon.is_not(None),
         ]))  # fmt: skip
         for start, end in (("range_start", "before_days"), ("after_days", "range_end")):
             sides.append(side(batch_keys, no_point, batch_values, "batch", [
@@ -156,6 +159,7 @@ def merged_view(
     (`equals`) and lower bounds (`at_least`). One subject's whole published days are answered by their
     stored points unless not `stored_points` (then, as every other row, from their batch rows)."""
     equals, at_least = equals or {}, at_least or {}
+    start, end = store.utc_naive(start), store.utc_naive(end)
     subject = points.subject(view)
     stored_days = stored_points and subject is not None and tuple(equals) == (subject,) and not at_least
     statement = _merged_statement(view, tuple(equals), tuple(at_least), stored_days)

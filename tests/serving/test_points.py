@@ -101,9 +101,17 @@ def stored_points(engine) -> dict[tuple, bytes]:
 
 # Per subject view: its subjects (the other views have no stored points).
 SUBJECTS = {"sensor_stats": ("s-1", "s-2"), "location_stats": ("lab",), "device_health": ("s-1", "s-2")}
-SPANS = [  # whole days, and part of the first (its rows), the whole second (its points), part of the next
-    (datetime.combine(DAYS[0], time()), datetime.combine(DAY + timedelta(days=2), time())),
-    (datetime.combine(DAYS[0], time(0, 10)), datetime.combine(DAY + timedelta(days=1), time(0, 7))),
+SPANS = [  # (start, end, whether a whole published day is in it)
+    (datetime.combine(DAYS[0], time()), datetime.combine(DAY + timedelta(days=2), time()), True),
+    # part of the first day (its rows), the whole second (its points), part of the next (speed)
+    (datetime.combine(DAYS[0], time(0, 10)), datetime.combine(DAY + timedelta(days=1), time(0, 7)), True),
+    (datetime.combine(DAYS[0], time()), datetime.combine(DAYS[0], time(0, 20)), False),  # from midnight
+    (datetime.combine(DAY, time(0, 5)), datetime.combine(DAY, time(0, 20)), False),  # within a day
+    (
+        datetime.combine(DAY, time(0, 5)),
+        datetime.combine(DAY + timedelta(days=1), time()),
+        False,
+    ),  # to midnight
 ]
 
 
@@ -133,18 +141,17 @@ def test_stored_points_answer_the_bytes_the_rows_answer(published):
     expected = {(view, name, day) for day in DAYS for view, names in SUBJECTS.items() for name in names}
     assert set(stored_points(engine)) == expected
     for view, names in SUBJECTS.items():
-        for name, (start, end) in product(names, SPANS):
+        for name, (start, end, whole_day) in product(names, SPANS):
             subject = {points.subject(view): name}
             from_points = merge.merged_view(engine, view, start, end, equals=subject)
             from_rows = merge.merged_view(engine, view, start, end, equals=subject, stored_points=False)
             assert (
-                from_points.batch_as_of
-                == from_rows.batch_as_of
-                == datetime.combine(DAY, time(0)) + DAY_LENGTH
+                from_points.batch_as_of == from_rows.batch_as_of == datetime.combine(DAY, time()) + DAY_LENGTH
             )
-            assert b",".join(from_points.points) == b",".join(from_rows.points), (view, name, start)
-            assert len(from_points.points) < len(from_rows.points), "the whole day is one stored value"
+            assert b",".join(from_points.points) == b",".join(from_rows.points), (view, name, start, end)
+            assert (len(from_points.points) < len(from_rows.points)) == whole_day, "a whole day is one value"
     answered = answers(client)
+    assert json.loads(answered[URLS[0]]) == expected_sensor_answer()
     whole = json.loads(answered[URLS[0]])
     assert [(p["source"], p["events"], p["temperature_avg"]) for p in whole["points"][:2]] == [
         ("batch", 3, 21.0), ("batch", 4, 22.0)
@@ -154,6 +161,19 @@ def test_stored_points_answer_the_bytes_the_rows_answer(published):
     assert [p["window_start"] for p in partial[:2]] == [f"{DAYS[0]}T00:10:00Z", f"{DAYS[0]}T00:15:00Z"]
     assert len(partial) == 4 + 6 + 1
     assert b'"temperature_avg":21.0,' in answered[URLS[0]] and b'"events":3,' in answered[URLS[0]]
+
+
+def expected_sensor_answer() -> dict:
+    """s-1's answer over the `WHOLE` span, from `day_rows` by hand."""
+    found = []
+    for day, k in product(DAYS, range(6)):
+        window = datetime.combine(day, time(0, 5 * k)).isoformat() + "Z"
+        found.append({"window_start": window, "location": "lab", "events": 3 + k, "temperature_avg": 21.0 + k,
+                      "temperature_min": 20.25, "temperature_max": 1e-7 + k, "humidity_avg": None,
+                      "pressure_avg": 1013.1 / 3, "battery_min": 80.0, "source": "batch"})  # fmt: skip
+    speed = {**found[0], "window_start": f"{DAY + DAY_LENGTH}T00:05:00Z", "source": "speed"}
+    return {"sensor_id": "s-1", "from": f"{DAYS[0]}T00:00:00Z", "to": f"{DAY + 2 * DAY_LENGTH}T00:00:00Z",
+            "batch_as_of": f"{DAY + DAY_LENGTH}T00:00:00Z", "points": [*found, speed]}  # fmt: skip
 
 
 def test_republishing_a_day_replaces_its_points(published):

@@ -9,7 +9,7 @@ Create Date: 2026-12-04
 from __future__ import annotations
 
 from alembic import op
-from sqlalchemy import Column, Date, LargeBinary, String
+from sqlalchemy import Column, Date, LargeBinary, String, inspect
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -18,6 +18,9 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
+    # SQLite runs DDL outside the upgrade's transaction: a failed upgrade may have left the table
+    if inspect(op.get_bind()).has_table("batch_points"):
+        return
     op.create_table(
         "batch_points",
         Column("view", String(64), primary_key=True),
