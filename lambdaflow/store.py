@@ -5,8 +5,8 @@ Tables: `speed_<view>` (real-time aggregates, primary key = the view's key, with
 (one row per streaming query), `batch_<view>` and `batch_late_events` (exact, per published day),
 `batch_points` (per view, subject and published day, the API's points), `horizons` (per view, the end of the
 newest published day), `baselines` (per sensor and hour of day, from the batch layer), `quality_runs` (Great
-Expectations results). Writers upsert whole
-rows or replace whole days, so writing the same micro-batch or day twice leaves the store unchanged.
+Expectations results). Writers upsert whole rows or replace whole days, so writing the same micro-batch or
+day twice leaves the store unchanged.
 """
 
 from __future__ import annotations
@@ -395,8 +395,7 @@ def publish_day(
     """Publish a recomputed day in one transaction: replace the day's rows in every `batch_<view>` table,
     advance each view's horizon to the end of the newest published day, and delete the speed rows older than
     the horizon (the batch rows now answer for them), with each subject's points for the API (see
-    `batch_points`). Returns the day's end. Re-running a day leaves the store
-    as it was."""
+    `batch_points`). Returns the day's end. Re-running a day leaves the store as it was."""
     end = datetime.combine(day + timedelta(days=1), time())
     with engine.begin() as connection:
         for view_name, rows in views.items():
