@@ -32,6 +32,11 @@ POINT_COLUMNS: dict[str, tuple[str, ...]] = {
     for name, view in VIEWS.items()
 }
 
+# Each view's order of points: its time column, then its other keys.
+ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    name: (view.time_column, *(k for k in view.keys if k != view.time_column)) for name, view in VIEWS.items()
+}
+
 _AS_STORED = {TIME: lambda v: v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v,
               INTEGER: lambda v: int(v) if float(v).is_integer() else v, FLOAT: float, TEXT: str}  # fmt: skip
 _TYPES: dict[str, dict[str, Any]] = {
@@ -57,10 +62,8 @@ def _as_stored(view: str, row: Mapping[str, Any], names: tuple[str, ...]) -> dic
 
 
 def order_key(view: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """The order the API answers a view's rows in: by its time column, then its other keys."""
-    definition = VIEWS[view]
-    keys = (definition.time_column, *(k for k in definition.keys if k != definition.time_column))
-    return lambda row: tuple(_as_stored(view, row, keys).values())
+    """A sort key of a view's rows: the values of its `ORDER_COLUMNS` as the store gives them back."""
+    return lambda row: tuple(_as_stored(view, row, ORDER_COLUMNS[view]).values())
 
 
 def point(view: str, row: Mapping[str, Any], source: str) -> dict[str, Any]:

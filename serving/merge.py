@@ -63,9 +63,8 @@ def _merged_statement(
     one row's point columns (the other rows); then the layer, the horizon and the view's keys to order by
     (as text: they are not read). The batch rows are read around the whole days in two ranges, which an
     index reads without visiting the rows between them."""
-    view_definition = VIEWS[view]
-    time_column = view_definition.time_column
-    order = [time_column, *[c for c in view_definition.keys if c != time_column]]
+    time_column = VIEWS[view].time_column
+    order = points.ORDER_COLUMNS[view]
     columns = points.POINT_COLUMNS[view]
     batch, speed, stored = store.BATCH_TABLES[view], store.SPEED_TABLES[view], store.batch_points
     subject = points.subject(view)
@@ -91,28 +90,24 @@ def _merged_statement(
     # The horizon is a scalar subquery of the one statement: the rows and the `batch_as_of` they carry come
     # from one snapshot even while a publish commits. A NULL horizon selects no batch rows, every speed row.
     horizon = _horizon(view)
-    # typed: the first side's types are the merged columns' types (a time column's text read as a time)
     no_point = type_coerce(null(), LargeBinary())
     batch_time, speed_time = batch.c[time_column], speed.c[time_column]
-    batch_keys, batch_values = [batch.c[k] for k in order], [batch.c[n] for n in columns]
-    sides = []
+    sides, batch_ranges = [], [("range_start", "range_end")]
     # A published day ends at or before the horizon: its stored points answer for it. publish_day writes a
     # day's rows and points in one transaction (and is the batch tables' only writer), an upgrade makes them
-    # for days published before: a whole day's batch rows need not be read.
+    # for days published before: a whole day's batch rows need not be read, only those around the days.
     if stored_days:
+        # typed: the first side's types are the merged columns' (a time column's text read as a time)
         nothing = [type_coerce(null(), batch.c[name].type) for name in columns]
         no_keys = [null()] * (len(order) - 1)
         sides.append(side([stored.c.day, *no_keys], stored.c.points, nothing, "batch", [
             stored.c.view == view, stored.c.subject == bindparam(f"equals_{subject}"),
             *in_range(stored.c.day, "days_first", "days_last"), horizon.is_not(None),
         ]))  # fmt: skip
-        for start, end in (("range_start", "before_days"), ("after_days", "range_end")):
-            sides.append(side(batch_keys, no_point, batch_values, "batch", [
-                *in_range(batch_time, start, end), batch_time < horizon, *filters(batch)
-            ]))  # fmt: skip
-    else:
-        sides.append(side(batch_keys, no_point, batch_values, "batch", [
-            *in_range(batch_time), batch_time < horizon, *filters(batch)
+        batch_ranges = [("range_start", "before_days"), ("after_days", "range_end")]
+    for start, end in batch_ranges:
+        sides.append(side([batch.c[k] for k in order], no_point, [batch.c[n] for n in columns], "batch", [
+            *in_range(batch_time, start, end), batch_time < horizon, *filters(batch)
         ]))  # fmt: skip
     sides.append(side([speed.c[k] for k in order], no_point, [speed.c[n] for n in columns], "speed", [
         *in_range(speed_time), or_(horizon.is_(None), speed_time >= horizon), *filters(speed)
