@@ -1,6 +1,7 @@
 """Recompute one day from the lake: the exact views, late events per window, and anomaly baselines.
 
-Day D's raw events (`lake/raw/<topic>/date=D/`) are deduplicated on `event_id` (the lowest Kafka
+Day D's raw events (`lake/raw/<topic>/date=D/`, the files the run's raw gate recorded, or those there when
+the recompute starts: `lambdaflow.lake.DayInputs`) are deduplicated on `event_id` (the lowest Kafka
 coordinates win), cleaned and aggregated by the same view definitions as the speed layer, with exact distinct
 counts. Each output is written to `lake/views/<name>/date=D/` through a hidden temporary directory that is
 swapped into place, so a reader sees either the previous day or the new one, never half of it.
@@ -19,12 +20,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, view_dir
+from lambdaflow.lake import (
+    RAW_SCHEMAS,
+    DayInputs,
+    day_dir,
+    day_inputs_path,
+    raw_day_names,
+    raw_dir,
+    view_dir,
+    write_day_inputs,
+)
 from lambdaflow.settings import Settings
 from lambdaflow.views import VIEWS, Parameters, View
 from lambdaflow.views.spark import SPARK_VIEWS, WindowInputs, clean, dedupe_exact
@@ -48,9 +59,31 @@ def read_raw_days(spark: SparkSession, settings: Settings, contract: str, days: 
     return spark.read.schema(schema).parquet(*paths)
 
 
-def events_of_day(spark: SparkSession, settings: Settings, contract: str, day: date) -> DataFrame:
-    """Day D's events, each `event_id` once, cleaned: the input of every batch view."""
-    return clean(dedupe_exact(read_raw_days(spark, settings, contract, [day])))
+def read_raw_inputs(
+    spark: SparkSession, settings: Settings, contract: str, day: date, inputs: DayInputs | None
+) -> tuple[DataFrame, tuple[str, ...]]:
+    """Day D's raw records of a topic from the files of `inputs` (None: the files Spark lists now), and the
+    names of the files read. Files archived after `inputs` were taken are left out."""
+    topic = settings.topic_for(contract)
+    frame = read_raw_days(spark, settings, contract, [day])
+    folder = day_dir(raw_dir(settings.lake_dir, topic), day)
+    # the file index lists once: every job over `frame` reads these files
+    listed = raw_day_names(folder, [Path(urlparse(uri).path) for uri in frame.inputFiles()])
+    if inputs is None:
+        return frame, listed
+    wanted = inputs.files.get(topic, ())
+    if missing := sorted(set(wanted) - set(listed)):
+        raise FileNotFoundError(
+            f"{len(missing)} raw files of {day} that {day_inputs_path(settings.lake_dir, day)} lists are not "
+            f"in {folder} (e.g. {missing[0]}); run the day's raw gate again to take its inputs anew"
+        )
+    if later := set(listed) - set(wanted):
+        # the archiver writes a day's files side by side: a file's name alone tells it apart
+        later_names = {Path(name).name for name in later}
+        if later_names & {Path(name).name for name in wanted}:
+            raise ValueError(f"{folder} holds files of the same name in different folders: {sorted(later)}")
+        frame = frame.where(~F.col("_metadata.file_name").isin(sorted(later_names)))
+    return frame, wanted
 
 
 def is_late(settings: Settings) -> Column:
@@ -94,8 +127,12 @@ class DayResult:
     seconds: float
 
 
-def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResult:
-    """Recompute every batch output of day D and write them under `lake/views/`.
+def recompute_day(
+    spark: SparkSession, settings: Settings, day: date, inputs: DayInputs | None = None
+) -> DayResult:
+    """Recompute every batch output of day D from the raw files of `inputs` (None: those in the lake now),
+    write them under `lake/views/`, and record the files read as the day's inputs (the view gate counts
+    them).
 
     The two topics' outputs run as two concurrent chains of Spark jobs: each job alone leaves a core idle
     in its single-task stages and its code generation."""
@@ -107,10 +144,12 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
         log.info("batch %s %s: %d rows (%.1f s so far)", day, name, rows[name], time.monotonic() - started)
 
     parameters = Parameters.from_settings(settings)
+    read: dict[str, tuple[str, ...]] = {}
 
     def chain(contract: str) -> DataFrame:
+        raw, read[settings.topic_for(contract)] = read_raw_inputs(spark, settings, contract, day, inputs)
         # Not cached: re-reading the day's Parquet columns each view needs is cheaper than caching rows.
-        events = events_of_day(spark, settings, contract, day)
+        events = clean(dedupe_exact(raw))  # each `event_id` once: the input of every view
         views = [view for view in VIEWS.values() if view.contract == contract]
         # The per-window rows of the first view that has them (one per window and sensor, or group: small,
         # cached) serve that view, the views that declare it their batch input, and the late events.
@@ -119,12 +158,12 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
         assert computation.per_window is not None
         late = {LATE_EVENTS: is_late(settings)}
         finished = [view for view in views if _finished_from(view, carrier, parameters)]
-        inputs = functools.reduce(
+        window_inputs = functools.reduce(
             operator.add,
             (SPARK_VIEWS[view.name].inputs(parameters) for view in finished if SPARK_VIEWS[view.name].inputs),
             WindowInputs(),
         )
-        per_window = computation.per_window(events, parameters, late, inputs).cache()
+        per_window = computation.per_window(events, parameters, late, window_inputs).cache()
         for view in views:
             finish = SPARK_VIEWS[view.name].finish
             if view in finished:
@@ -142,6 +181,7 @@ def recompute_day(spark: SparkSession, settings: Settings, day: date) -> DayResu
     with ThreadPoolExecutor(len(VIEW_CONTRACTS), thread_name_prefix="batch") as pool:
         late = list(pool.map(chain, VIEW_CONTRACTS))
     write(LATE_EVENTS, functools.reduce(DataFrame.unionByName, late))
+    write_day_inputs(settings.lake_dir, DayInputs(day, read))
     log.info("batch %s recomputed in %.1f s", day, time.monotonic() - started)
     return DayResult(day, {name: rows[name] for name in OUTPUTS}, time.monotonic() - started)
 

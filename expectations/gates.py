@@ -24,7 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambdaflow import store
-from lambdaflow.lake import RAW_SCHEMAS, day_dir, raw_dir, read_view_day
+from lambdaflow.lake import (
+    RAW_SCHEMAS,
+    DayInputs,
+    list_day_inputs,
+    read_day_inputs,
+    read_view_day,
+    write_day_inputs,
+)
 from lambdaflow.settings import Settings
 from lambdaflow.views import VIEWS
 
@@ -123,18 +130,26 @@ def run_gate(settings: Settings, suite: str, day: date, frame: pd.DataFrame,
     return gate
 
 
-def _raw_day_path(settings: Settings, contract: str, day: date) -> Path:
-    return day_dir(raw_dir(settings.lake_dir, settings.topic_for(contract)), day)
+def read_raw_day(settings: Settings, contract: str, day: date, inputs: DayInputs | None = None) -> pa.Table:
+    """Every record of a raw day as archived (duplicates and Kafka coordinates included): the files of
+    `inputs`, else those in the lake now."""
+    return _read_raw_files(settings, contract, day, inputs)
 
 
-def read_raw_day(settings: Settings, contract: str, day: date) -> pa.Table:
-    """Every record of a raw day as archived (duplicates and Kafka coordinates included)."""
-    path = _raw_day_path(settings, contract, day)
+def _read_raw_files(settings: Settings, contract: str, day: date, inputs: DayInputs | None,
+                    columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+    topic = settings.topic_for(contract)
+    inputs = inputs or list_day_inputs(settings.lake_dir, [topic], day)
+    paths = [str(path) for path in inputs.paths(settings.lake_dir, topic)]
     schema = RAW_SCHEMAS[contract]
-    return pq.read_table(path, schema=schema) if path.is_dir() else schema.empty_table()
+    if not paths:
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
+    return pq.read_table(paths, schema=schema, columns=columns)
 
 
-def raw_day_frame(settings: Settings, contract: str, day: date) -> pd.DataFrame:
+def raw_day_frame(
+    settings: Settings, contract: str, day: date, inputs: DayInputs | None = None
+) -> pd.DataFrame:
     """A raw day as pandas, each `event_id` once (the lowest Kafka coordinates): what the batch reads.
 
     The dedupe runs in Arrow (a group-by on the id keeping the smallest coordinates) and only the columns the
@@ -142,7 +157,7 @@ def raw_day_frame(settings: Settings, contract: str, day: date) -> pd.DataFrame:
     """
     import pyarrow.compute as pc
 
-    table = read_raw_day(settings, contract, day)
+    table = read_raw_day(settings, contract, day, inputs)
     checked = [name for name in table.schema.names if not name.startswith("_")]
     # one Kafka topic per day directory: the coordinates order by (partition, offset)
     order = pc.sort_indices(table, sort_keys=[("_partition", "ascending"), ("_offset", "ascending")])
@@ -162,20 +177,23 @@ def per_contract(read: Callable[[str], T]) -> dict[str, T]:
 
 
 def validate_raw_day(settings: Settings, day: date) -> list[GateResult]:
-    """Gate 1: every raw topic of day D (keys, ranges, unique ids, row count within the expected band)."""
+    """Gate 1: every raw topic of day D (keys, ranges, unique ids, row count within the expected band).
+
+    It records the raw files it validated as the day's inputs (`lambdaflow.lake.DayInputs`): the recompute
+    that follows reads those, not the late events archived since."""
     band = {"min_rows": settings.quality_min_rows, "max_rows": settings.quality_max_rows}
-    frames = per_contract(lambda contract: raw_day_frame(settings, contract, day))
+    inputs = list_day_inputs(settings.lake_dir, [settings.topic_for(c) for c in CONTRACTS], day)
+    write_day_inputs(settings.lake_dir, inputs)
+    frames = per_contract(lambda contract: raw_day_frame(settings, contract, day, inputs))
     return [run_gate(settings, f"raw_{contract}", day, frames.pop(contract), band) for contract in CONTRACTS]
 
 
-def distinct_events(settings: Settings, contract: str, day: date) -> int:
-    """The distinct events of a raw day (reads only the `event_id` column)."""
+def distinct_events(settings: Settings, contract: str, day: date, inputs: DayInputs | None = None) -> int:
+    """The distinct events of a raw day's files (reads only the `event_id` column)."""
     import pyarrow.compute as pc
 
-    path = _raw_day_path(settings, contract, day)
-    if not path.is_dir():
-        return 0
-    return pc.count_distinct(pq.read_table(path, columns=["event_id"])["event_id"]).as_py()
+    ids = _read_raw_files(settings, contract, day, inputs, ["event_id"])["event_id"]
+    return pc.count_distinct(ids).as_py()
 
 
 def view_day_frame(settings: Settings, name: str, day: date) -> pd.DataFrame:
@@ -183,8 +201,10 @@ def view_day_frame(settings: Settings, name: str, day: date) -> pd.DataFrame:
 
 
 def validate_view_day(settings: Settings, day: date) -> list[GateResult]:
-    """Gate 2: every recomputed view of day D (unique keys, values in range, events add up to the input)."""
-    inputs = per_contract(lambda contract: distinct_events(settings, contract, day))
+    """Gate 2: every recomputed view of day D (unique keys, values in range, events add up to the input: the
+    raw files the recompute recorded it read)."""
+    files = read_day_inputs(settings.lake_dir, day)
+    inputs = per_contract(lambda contract: distinct_events(settings, contract, day, files))
     return [run_gate(settings, f"view_{name}", day, view_day_frame(settings, name, day),
                      {"input_events": inputs[view.contract]})
             for name, view in VIEWS.items()]  # fmt: skip

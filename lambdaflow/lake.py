@@ -3,6 +3,7 @@
     <lake>/raw/<topic>/date=YYYY-MM-DD/part-<batch>-<partition>.parquet   valid events, by event date (UTC)
     <lake>/quarantine/<topic>/date=YYYY-MM-DD/part-….parquet              invalid records, by ingest date
     <lake>/views/<view>/date=YYYY-MM-DD/…                                 batch views (batch layer)
+    <lake>/inputs/date=YYYY-MM-DD.json                                    the raw files day D's views are from
 
 File names are a function of the micro-batch and Kafka partition, and every file is written to a hidden
 temporary name and renamed into place, so a replayed micro-batch overwrites its own files: each Kafka record
@@ -12,9 +13,11 @@ half-written file.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -127,6 +130,55 @@ def read_view_day(lake: Path, name: str, day: date) -> pa.Table:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist: run `lambdaflow batch --date {day}` first")
     return pq.read_table(path)
+
+
+@dataclass(frozen=True)
+class DayInputs:
+    """The raw files of day D, per topic, that one batch run reads: a day still receives late events while
+    its run goes on, so the raw gate, the recompute and the view gate must all read the same files."""
+
+    day: date
+    files: dict[str, tuple[str, ...]]  # topic -> file names relative to its `raw/<topic>/date=D/`
+
+    def paths(self, lake: Path, topic: str) -> list[Path]:
+        folder = day_dir(raw_dir(lake, topic), self.day)
+        return [folder / name for name in self.files.get(topic, ())]
+
+
+def raw_day_names(folder: Path, paths: Iterable[Path]) -> tuple[str, ...]:
+    """The names of `paths` relative to a raw day's `folder`, sorted."""
+    return tuple(sorted(str(path.relative_to(folder)) for path in paths))
+
+
+def list_day_inputs(lake: Path, topics: Iterable[str], day: date) -> DayInputs:
+    """The raw files of day D now, per topic."""
+    files = {}
+    for topic in topics:
+        folder = day_dir(raw_dir(lake, topic), day)
+        files[topic] = raw_day_names(folder, walk_files(folder))
+    return DayInputs(day, files)
+
+
+def day_inputs_path(lake: Path, day: date) -> Path:
+    return lake / "inputs" / f"date={day.isoformat()}.json"
+
+
+def write_day_inputs(lake: Path, inputs: DayInputs) -> Path:
+    path = day_inputs_path(lake, inputs.day)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(path)
+    temporary.write_text(json.dumps({"day": inputs.day.isoformat(), "files": inputs.files}))
+    os.replace(temporary, path)  # whole or absent
+    return path
+
+
+def read_day_inputs(lake: Path, day: date) -> DayInputs | None:
+    """Day D's recorded inputs, or None when no batch run has recorded them."""
+    path = day_inputs_path(lake, day)
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    return DayInputs(day, {topic: tuple(names) for topic, names in raw["files"].items()})
 
 
 def archiver_status_path(data_dir: Path) -> Path:
