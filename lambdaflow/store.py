@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from pathlib import Path
@@ -299,6 +300,75 @@ def stored_value(value: Any) -> Any:
 
 def _naive_utc(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: stored_value(v) for k, v in row.items()} for row in rows]
+
+
+@dataclass(frozen=True)
+class DriverQuery:
+    """A select compiled once for a dialect and run on the driver's own cursor, its values and results
+    converted by the statement's SQLAlchemy types: SQLAlchemy's per-execution work (its execution context,
+    parameter and row processing) cost a serving request several times the database's answer."""
+
+    sql: str
+    order: tuple[str, ...] | None  # a positional paramstyle's parameter names, in order (else by name)
+    constants: Mapping[str, Any]  # the statement's own values (literals), converted already
+    binds: Mapping[str, Callable[[Any], Any]]  # the converters of the values given at run time
+    columns: tuple[str, ...]
+    types: tuple[Any, ...]  # the columns' SQLAlchemy types for the dialect
+    dialect: Any
+    # per the driver's column type codes: (column index, converter) where one is needed
+    results: dict[tuple[Any, ...], tuple[tuple[int, Callable[[Any], Any]], ...]] = field(default_factory=dict)
+
+    @classmethod
+    def compile(cls, statement: Any, dialect: Any) -> DriverQuery:
+        compiled = statement.compile(dialect=dialect)
+        constants, binds = {}, {}
+        for bind, name in compiled.bind_names.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.required:
+                if process is not None:
+                    binds[name] = process
+            else:
+                constants[name] = process(bind.effective_value) if process else bind.effective_value
+        order = tuple(compiled.positiontup) if dialect.positional else None
+        columns = tuple(column.key for column in statement.selected_columns)
+        types = tuple(column.type.dialect_impl(dialect) for column in statement.selected_columns)
+        return cls(compiled.string, order, constants, binds, columns, types, dialect)
+
+    def _converters(self, description: Sequence[Any]) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+        """The result converters for the driver's column types (a type's converter may depend on them)."""
+        codes = tuple(column[1] for column in description)
+        if codes not in self.results:
+            found = ((index, kind.result_processor(self.dialect, code))
+                     for index, (kind, code) in enumerate(zip(self.types, codes, strict=True)))  # fmt: skip
+            self.results[codes] = tuple((index, process) for index, process in found if process is not None)
+        return self.results[codes]
+
+    def run(self, engine: Engine, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows for `values` (a value for each required parameter), in one statement."""
+        given = {**self.constants, **values}
+        for name, process in self.binds.items():
+            given[name] = process(given[name])
+        parameters = tuple([given[name] for name in self.order]) if self.order is not None else given
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self.sql, parameters)
+                rows = cursor.fetchall()
+                converters = self._converters(cursor.description)
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which ends the transaction
+        if not converters:
+            return rows
+        converted = []
+        for row in rows:
+            row = list(row)
+            for index, process in converters:
+                row[index] = process(row[index])
+            converted.append(tuple(row))
+        return converted
 
 
 def _sqlite_value(value: Any) -> Any:

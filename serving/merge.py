@@ -131,14 +131,22 @@ def _whole_days(start: datetime, end: datetime) -> dict[str, Any]:
 
 
 @cache
-def _horizon_statement(view: str) -> Select:
-    return select(_horizon(view))  # built once, like the merge
+def _horizon_query(dialect: Any, view: str) -> store.DriverQuery:
+    return store.DriverQuery.compile(select(_horizon(view)), dialect)
+
+
+@cache
+def _merged_query(
+    dialect: Any, view: str, equals: tuple[str, ...], at_least: tuple[str, ...], stored_days: bool
+) -> tuple[store.DriverQuery, dict[str, int]]:
+    """The merge compiled for the dialect, and where its point, source and horizon columns are."""
+    query = store.DriverQuery.compile(_merged_statement(view, equals, at_least, stored_days), dialect)
+    return query, {name: query.columns.index(name) for name in ("point", "source", "batch_as_of")}
 
 
 def horizon(engine: Engine, view: str) -> datetime | None:
     """The view's horizon now; None before its first publish."""
-    with engine.connect() as connection:
-        return connection.execute(_horizon_statement(view)).scalar()
+    return _horizon_query(engine.dialect, view).run(engine, {})[0][0]
 
 
 def merged_view(
@@ -157,18 +165,19 @@ def merged_view(
     start, end = store.utc_naive(start), store.utc_naive(end)
     subject = points.subject(view)
     stored_days = stored_points and subject is not None and tuple(equals) == (subject,) and not at_least
-    statement = _merged_statement(view, tuple(equals), tuple(at_least), stored_days)
+    query, at = _merged_query(engine.dialect, view, tuple(equals), tuple(at_least), stored_days)
     values = {"range_start": start, "range_end": end, **_whole_days(start, end),
               **{f"equals_{name}": value for name, value in equals.items()},
               **{f"at_least_{name}": value for name, value in at_least.items()}}  # fmt: skip
-    with engine.connect() as connection:
-        found = connection.execute(statement, values).all()
-        # nothing found: nothing to be consistent with
-        as_of = found[0].batch_as_of if found else connection.execute(_horizon_statement(view)).scalar()
-    made = points.point_json
-    return Merged(as_of, [
-        row.point if row.point is not None else made(view, row._mapping, row.source) for row in found
-    ])  # fmt: skip
+    found = query.run(engine, values)
+    # nothing found: nothing to be consistent with
+    as_of = found[0][at["batch_as_of"]] if found else horizon(engine, view)
+    columns, point, source = query.columns, at["point"], at["source"]
+
+    def made(row: tuple[Any, ...]) -> bytes:
+        return points.point_json(view, dict(zip(columns, row, strict=True)), row[source])
+
+    return Merged(as_of, [row[point] if row[point] is not None else made(row) for row in found])
 
 
 def exists(engine: Engine, view: str, column: str, value: Any) -> bool:
