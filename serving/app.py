@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Flask
+from flask import Flask, Response
 from flask.json.provider import JSONProvider
 from flask_smorest import Api
 from flask_swagger_ui import get_swaggerui_blueprint
@@ -55,11 +55,23 @@ class OrjsonProvider(JSONProvider):
         return orjson.loads(s)
 
 
+class ServingResponse(Response):
+    """A body held in memory goes to the server as a one-item list: Granian sends a list in one write, and
+    iterates any other iterable item by item holding the GIL (~0.04 ms of a request's CPU)."""
+
+    def get_app_iter(self, environ: Any) -> Any:
+        body = super().get_app_iter(environ)
+        if self.is_sequence and not self._on_close:  # nothing to run when the body is closed
+            return [b"".join(body)]
+        return body
+
+
 def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     """The serving app for `settings` (default: from the environment); `config` overrides Flask config."""
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)  # an app-level /static would shadow the dashboard's public one
     app.json = OrjsonProvider(app)
+    app.response_class = ServingResponse
     app.config.update(
         API_TITLE="lambdaflow",
         API_VERSION="v1",
