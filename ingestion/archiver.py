@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from lambdaflow.lake import (
     quarantine_dir,
     raw_dir,
     write_parquet_atomically,
+    write_text_atomically,
 )
 from lambdaflow.records import split_records
 from lambdaflow.settings import Settings
@@ -166,10 +166,7 @@ class ArchiverStatus:
                 topic["max_event_ts"] = max(filter(None, [topic["max_event_ts"], seen]))
         self.state["last_batch_id"] = batch_id
         self.state["updated_at"] = datetime.now(UTC).isoformat()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.state, indent=2))
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, json.dumps(self.state, indent=2))
         return True
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ingestion.faults import FaultInjector, Faults
 from ingestion.simulators import ActivitySimulator, IotSimulator, simulated_clock
+from lambdaflow.lake import write_text_atomically
 
 # Simulated events per second of event time, per kind: a reading per sensor every 100 s and a few concurrent
 # web sessions; both divide a day evenly, so every day holds the same number of events.
@@ -120,11 +121,8 @@ class HistoryMarker:
 
 def write_marker(data_dir: Path, topic: str, plan: HistoryPlan, records: int) -> Path:
     path = marker_path(data_dir, topic)
-    path.parent.mkdir(parents=True, exist_ok=True)
     marker = HistoryMarker(topic, plan.first_day, plan.days, records, datetime.now(UTC))
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(marker), default=str, indent=1) + "\n")
-    temporary.replace(path)  # a marker is whole or absent
+    write_text_atomically(path, json.dumps(asdict(marker), default=str, indent=1) + "\n")  # whole or absent
     return path
 
 

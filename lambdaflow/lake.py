@@ -115,6 +115,17 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` through a hidden temporary file and an atomic rename: readers see it whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def read_table(base: Path, columns: list[str] | None = None) -> pa.Table:
     """Read every Parquet file under a topic's folder (all dates) with the `date` partition column."""
     return pq.read_table(base, columns=columns, partitioning="hive")
@@ -165,10 +176,7 @@ def day_inputs_path(lake: Path, day: date) -> Path:
 
 def write_day_inputs(lake: Path, inputs: DayInputs) -> Path:
     path = day_inputs_path(lake, inputs.day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
-    temporary.write_text(json.dumps({"day": inputs.day.isoformat(), "files": inputs.files}))
-    os.replace(temporary, path)  # whole or absent
+    write_text_atomically(path, json.dumps({"day": inputs.day.isoformat(), "files": inputs.files}))
     return path
 
 
