@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -28,9 +27,12 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from lambdaflow.lake import (
     RAW_SCHEMAS,
+    READ,
+    VALIDATED,
     DayInputs,
     day_dir,
     day_inputs_path,
+    local_path,
     raw_day_names,
     raw_dir,
     view_dir,
@@ -68,14 +70,15 @@ def read_raw_inputs(
     frame = read_raw_days(spark, settings, contract, [day])
     folder = day_dir(raw_dir(settings.lake_dir, topic), day)
     # the file index lists once: every job over `frame` reads these files
-    listed = raw_day_names(folder, [Path(urlparse(uri).path) for uri in frame.inputFiles()])
+    listed = raw_day_names(folder, [local_path(uri) for uri in frame.inputFiles()])
     if inputs is None:
         return frame, listed
-    wanted = inputs.files.get(topic, ())
+    wanted = inputs.names(topic)
     if missing := sorted(set(wanted) - set(listed)):
+        record = day_inputs_path(settings.lake_dir, day, VALIDATED)
         raise FileNotFoundError(
-            f"{len(missing)} raw files of {day} that {day_inputs_path(settings.lake_dir, day)} lists are not "
-            f"in {folder} (e.g. {missing[0]}); run the day's raw gate again to take its inputs anew"
+            f"{len(missing)} raw files of {day} that its inputs list are not in {folder} "
+            f"(e.g. {missing[0]}); run the day's raw gate again (it records {record})"
         )
     if later := set(listed) - set(wanted):
         # the archiver writes a day's files side by side: a file's name alone tells it apart
@@ -181,7 +184,7 @@ def recompute_day(
     with ThreadPoolExecutor(len(VIEW_CONTRACTS), thread_name_prefix="batch") as pool:
         late = list(pool.map(chain, VIEW_CONTRACTS))
     write(LATE_EVENTS, functools.reduce(DataFrame.unionByName, late))
-    write_day_inputs(settings.lake_dir, DayInputs(day, read))
+    write_day_inputs(settings.lake_dir, DayInputs(day, read), READ)
     log.info("batch %s recomputed in %.1f s", day, time.monotonic() - started)
     return DayResult(day, {name: rows[name] for name in OUTPUTS}, time.monotonic() - started)
 

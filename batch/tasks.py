@@ -29,14 +29,14 @@ def recompute(ds: str) -> dict[str, int]:
     """Recompute day `ds` from the raw files its raw gate validated (late events archived since wait for the
     day's next run or backfill)."""
     from batch.recompute import recompute_day
-    from lambdaflow.lake import read_day_inputs
+    from lambdaflow.lake import VALIDATED, read_day_inputs
     from lambdaflow.spark import spark_session
 
     settings = load_settings()
     day = date.fromisoformat(ds)
     spark = spark_session(settings, f"lambdaflow-batch-{ds}", kafka_source=False)
     try:
-        result = recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day))
+        result = recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day, VALIDATED))
     finally:
         spark.stop()
     log.info("recomputed %s in %.1f s: %s", ds, result.seconds, result.rows)

@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 from lambdaflow import store
 from lambdaflow.lake import (
     RAW_SCHEMAS,
+    READ,
+    VALIDATED,
     DayInputs,
     list_day_inputs,
     read_day_inputs,
@@ -179,13 +181,14 @@ def per_contract(read: Callable[[str], T]) -> dict[str, T]:
 def validate_raw_day(settings: Settings, day: date) -> list[GateResult]:
     """Gate 1: every raw topic of day D (keys, ranges, unique ids, row count within the expected band).
 
-    It records the raw files it validated as the day's inputs (`lambdaflow.lake.DayInputs`): the recompute
+    Once it passes, it records the raw files it validated (`lambdaflow.lake.DayInputs`): the DAG's recompute
     that follows reads those, not the late events archived since."""
     band = {"min_rows": settings.quality_min_rows, "max_rows": settings.quality_max_rows}
     inputs = list_day_inputs(settings.lake_dir, [settings.topic_for(c) for c in CONTRACTS], day)
-    write_day_inputs(settings.lake_dir, inputs)
     frames = per_contract(lambda contract: raw_day_frame(settings, contract, day, inputs))
-    return [run_gate(settings, f"raw_{contract}", day, frames.pop(contract), band) for contract in CONTRACTS]
+    results = [run_gate(settings, f"raw_{c}", day, frames.pop(c), band) for c in CONTRACTS]
+    write_day_inputs(settings.lake_dir, inputs, VALIDATED)
+    return results
 
 
 def distinct_events(settings: Settings, contract: str, day: date, inputs: DayInputs | None = None) -> int:
@@ -203,7 +206,7 @@ def view_day_frame(settings: Settings, name: str, day: date) -> pd.DataFrame:
 def validate_view_day(settings: Settings, day: date) -> list[GateResult]:
     """Gate 2: every recomputed view of day D (unique keys, values in range, events add up to the input: the
     raw files the recompute recorded it read)."""
-    files = read_day_inputs(settings.lake_dir, day)
+    files = read_day_inputs(settings.lake_dir, day, READ)
     inputs = per_contract(lambda contract: distinct_events(settings, contract, day, files))
     return [run_gate(settings, f"view_{name}", day, view_day_frame(settings, name, day),
                      {"input_events": inputs[view.contract]})

@@ -3,7 +3,8 @@
     <lake>/raw/<topic>/date=YYYY-MM-DD/part-<batch>-<partition>.parquet   valid events, by event date (UTC)
     <lake>/quarantine/<topic>/date=YYYY-MM-DD/part-….parquet              invalid records, by ingest date
     <lake>/views/<view>/date=YYYY-MM-DD/…                                 batch views (batch layer)
-    <lake>/inputs/date=YYYY-MM-DD.json                                    the raw files day D's views are from
+    <lake>/inputs/validated/date=YYYY-MM-DD.json                          raw files day D's raw gate passed
+    <lake>/inputs/read/date=YYYY-MM-DD.json                               raw files day D's views are from
 
 File names are a function of the micro-batch and Kafka partition, and every file is written to a hidden
 temporary name and renamed into place, so a replayed micro-batch overwrites its own files: each Kafka record
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -151,9 +153,22 @@ class DayInputs:
     day: date
     files: dict[str, tuple[str, ...]]  # topic -> file names relative to its `raw/<topic>/date=D/`
 
+    def names(self, topic: str) -> tuple[str, ...]:
+        """The topic's files; a topic the record does not name is an error, not an empty day."""
+        if topic not in self.files:
+            named = ", ".join(sorted(self.files)) or "none"
+            raise ValueError(f"the recorded inputs of {self.day} name no files of topic {topic!r} (they name "
+                             f"{named}): run the day's raw gate again")  # fmt: skip
+        return self.files[topic]
+
     def paths(self, lake: Path, topic: str) -> list[Path]:
         folder = day_dir(raw_dir(lake, topic), self.day)
-        return [folder / name for name in self.files.get(topic, ())]
+        return [folder / name for name in self.names(topic)]
+
+
+def local_path(uri: str) -> Path:
+    """The path of a `file:` URI as Spark lists a file (`file:///a%20b/…`: percent-encoded)."""
+    return Path(unquote(urlparse(uri).path))
 
 
 def raw_day_names(folder: Path, paths: Iterable[Path]) -> tuple[str, ...]:
@@ -170,19 +185,22 @@ def list_day_inputs(lake: Path, topics: Iterable[str], day: date) -> DayInputs:
     return DayInputs(day, files)
 
 
-def day_inputs_path(lake: Path, day: date) -> Path:
-    return lake / "inputs" / f"date={day.isoformat()}.json"
+VALIDATED, READ = "validated", "read"  # what the raw gate passed; what the recompute read
 
 
-def write_day_inputs(lake: Path, inputs: DayInputs) -> Path:
-    path = day_inputs_path(lake, inputs.day)
+def day_inputs_path(lake: Path, day: date, kind: str) -> Path:
+    return lake / "inputs" / kind / f"date={day.isoformat()}.json"
+
+
+def write_day_inputs(lake: Path, inputs: DayInputs, kind: str) -> Path:
+    path = day_inputs_path(lake, inputs.day, kind)
     write_text_atomically(path, json.dumps({"day": inputs.day.isoformat(), "files": inputs.files}))
     return path
 
 
-def read_day_inputs(lake: Path, day: date) -> DayInputs | None:
-    """Day D's recorded inputs, or None when no batch run has recorded them."""
-    path = day_inputs_path(lake, day)
+def read_day_inputs(lake: Path, day: date, kind: str) -> DayInputs | None:
+    """Day D's inputs of `kind` (VALIDATED or READ), or None when none were recorded."""
+    path = day_inputs_path(lake, day, kind)
     if not path.exists():
         return None
     raw = json.loads(path.read_text())

@@ -28,6 +28,7 @@ from ingestion.archiver import start_archiver
 from lambdaflow import store
 from lambdaflow.lake import (
     RAW_SCHEMAS,
+    VALIDATED,
     day_dir,
     raw_dir,
     read_day_inputs,
@@ -114,7 +115,7 @@ def test_late_events_archived_during_a_run_wait_for_the_next_run(spark, settings
     folder = day_dir(raw_dir(settings.lake_dir, settings.topic_iot), day)
     validate_raw_day(settings, day)
     validated = list(walk_files(folder))
-    inputs = read_day_inputs(settings.lake_dir, day)
+    inputs = read_day_inputs(settings.lake_dir, day, VALIDATED)
     assert inputs is not None and inputs.paths(settings.lake_dir, settings.topic_iot) == validated
 
     # late events of day D land in the lake between the raw gate and the recompute
@@ -130,7 +131,7 @@ def test_late_events_archived_during_a_run_wait_for_the_next_run(spark, settings
 
     # the day's next run (a backfill) takes them
     validate_raw_day(settings, day)
-    recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day))
+    recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day, VALIDATED))
     assert all(result.success for result in validate_view_day(settings, day))
     every_file = list(walk_files(folder))
     assert sensor_events(settings, day) == distinct_ids(every_file) == distinct_ids(validated) + len(late)
@@ -138,4 +139,4 @@ def test_late_events_archived_during_a_run_wait_for_the_next_run(spark, settings
     # a recorded file that is gone is one clear error, not a silently smaller day
     (folder / "part-late.parquet").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 raw files of .* are not in .*part-late\.parquet"):
-        recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day))
+        recompute_day(spark, settings, day, read_day_inputs(settings.lake_dir, day, VALIDATED))
