@@ -41,6 +41,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from lambdaflow import migrations, points
 from lambdaflow.views import VIEWS, Field
@@ -311,7 +312,7 @@ class DriverQuery:
     sql: str
     order: tuple[str, ...] | None  # a positional paramstyle's parameter names, in order (else by name)
     constants: Mapping[str, Any]  # the statement's own values (literals), converted already
-    binds: Mapping[str, Callable[[Any], Any]]  # the converters of the values given at run time
+    binds: Mapping[str, Callable[[Any], Any]]  # the converters of the parameters that have one
     columns: tuple[str, ...]
     types: tuple[Any, ...]  # the columns' SQLAlchemy types for the dialect
     dialect: Any
@@ -321,13 +322,15 @@ class DriverQuery:
     @classmethod
     def compile(cls, statement: Any, dialect: Any) -> DriverQuery:
         compiled = statement.compile(dialect=dialect)
+        # SQLAlchemy rewrites these at execution (IN lists, escaped names): the compiled string alone is wrong
+        if compiled.post_compile_params or compiled.literal_execute_params or compiled.escaped_bind_names:
+            raise ValueError("a DriverQuery has no expanding, literal-execute or escaped parameters")
         constants, binds = {}, {}
         for bind, name in compiled.bind_names.items():
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if bind.required:
-                if process is not None:
-                    binds[name] = process
-            else:
+            if process is not None:
+                binds[name] = process
+            if not bind.required:
                 constants[name] = process(bind.effective_value) if process else bind.effective_value
         order = tuple(compiled.positiontup) if dialect.positional else None
         columns = tuple(column.key for column in statement.selected_columns)
@@ -345,10 +348,12 @@ class DriverQuery:
 
     def run(self, engine: Engine, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows for `values` (a value for each required parameter), in one statement."""
-        given = {**self.constants, **values}
-        for name, process in self.binds.items():
-            given[name] = process(given[name])
+        given = dict(self.constants)
+        for name, value in values.items():
+            process = self.binds.get(name)
+            given[name] = process(value) if process is not None else value
         parameters = tuple([given[name] for name in self.order]) if self.order is not None else given
+        dialect = engine.dialect
         connection = engine.raw_connection()
         try:
             cursor = connection.cursor()
@@ -358,6 +363,13 @@ class DriverQuery:
                 converters = self._converters(cursor.description)
             finally:
                 cursor.close()
+        except dialect.loaded_dbapi.Error as error:
+            # as SQLAlchemy's own execution does: a lost connection leaves the pool; callers see its errors
+            lost = dialect.is_disconnect(error, connection.dbapi_connection, None)
+            if lost:
+                connection.invalidate(error)
+            raise DBAPIError.instance(self.sql, parameters, error, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=lost, dialect=dialect) from error  # fmt: skip
         finally:
             connection.close()  # back to the pool, which ends the transaction
         if not converters:

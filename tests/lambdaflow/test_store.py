@@ -85,3 +85,44 @@ def test_sqlite_rows_are_stored_as_sqlalchemy_itself_stores_them(tmp_path):
         raw = f"SELECT * FROM {table.name}"  # the stored values, not SQLAlchemy's reading of them
         with ours.connect() as mine, theirs.connect() as reference:
             assert mine.exec_driver_sql(raw).all() == reference.exec_driver_sql(raw).all()
+
+
+def test_a_driver_query_answers_what_sqlalchemy_answers(engine):
+    """Values in (a time, a float given as an int, literals) and rows out (times, floats, bytes, NULLs)
+    converted as SQLAlchemy's own execution converts them, on both stores."""
+    from sqlalchemy import bindparam, literal, null
+
+    table = SPEED_TABLES["location_stats"]
+    upsert(engine, table, [row(3, 25.0), {**row(4, 31.5), "location": "hall", "temperature_avg": None}])
+    statement = (
+        select(table.c.location, table.c.window_start, table.c.temperature_avg, table.c.events,
+               literal("speed").label("source"), literal(b"\x00\xff").label("blob"), null().label("absent"))
+        .where(table.c.window_start >= bindparam("start", type_=table.c.window_start.type),
+               table.c.temperature_max >= bindparam("hotter", type_=table.c.temperature_max.type))
+        .order_by(table.c.location)
+    )  # fmt: skip
+    values = {"start": WINDOW - timedelta(minutes=5), "hotter": 20}
+    with engine.connect() as connection:
+        expected = [tuple(found) for found in connection.execute(statement, values)]
+    query = store.DriverQuery.compile(statement, engine.dialect)
+    assert query.run(engine, values) == query.run(engine, values) == expected
+    assert [found[0] for found in expected] == ["hall", "lab"]
+    assert expected[0][1] == WINDOW.replace(tzinfo=None) and expected[0][2] is None
+    assert query.columns == ("location", "window_start", "temperature_avg", "events", "source", "blob",
+                             "absent")  # fmt: skip
+
+
+def test_a_driver_query_refuses_what_it_cannot_run_and_raises_sqlalchemy_errors(engine):
+    from sqlalchemy.exc import DBAPIError
+
+    table = SPEED_TABLES["location_stats"]
+    with pytest.raises(ValueError, match="expanding"):
+        store.DriverQuery.compile(select(table).where(table.c.location.in_(["lab", "hall"])), engine.dialect)
+    lab = select(table.c.location).where(table.c.location == "lab")
+    query = store.DriverQuery.compile(lab, engine.dialect)
+    table.drop(engine)  # the driver's error reaches the caller as SQLAlchemy's execution raises it
+    with pytest.raises(DBAPIError) as raised:
+        query.run(engine, {})
+    assert not raised.value.connection_invalidated
+    table.create(engine)
+    assert query.run(engine, {}) == []  # the pool's connection answers again
