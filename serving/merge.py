@@ -50,14 +50,13 @@ def _horizon(view: str) -> ScalarSelect:
     return select(store.horizons.c.horizon).where(store.horizons.c.view == view).scalar_subquery()
 
 
-@cache
 def _merged_statement(
     view: str, equals: tuple[str, ...], at_least: tuple[str, ...], stored_days: bool
 ) -> CompoundSelect:
-    """The merge of `view` for one shape of filters, built once with its values as bound parameters
-    (`range_start`, `range_end`, `equals_<column>`, `at_least_<column>`, and with `stored_days` those of
-    `_whole_days`): SQLAlchemy then keys and compiles it once, where building the statement per request cost
-    more than SQLite's answer.
+    """The merge of `view` for one shape of filters, with its values as bound parameters (`range_start`,
+    `range_end`, `equals_<column>`, `at_least_<column>`, and with `stored_days` those of `_whole_days`):
+    `_merged_query` builds and compiles it once per shape, where building it per request cost more than
+    SQLite's answer.
 
     Its rows: stored points' JSON (the whole published days of one subject, see `store.batch_points`), or
     one row's point columns (the other rows); then the layer, the horizon and the view's keys to order by
