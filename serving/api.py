@@ -66,7 +66,7 @@ def _engine() -> Any:
 
 
 def _json(payload: Any) -> Response:
-    return current_app.response_class(current_app.json.dumps(payload), mimetype="application/json")
+    return current_app.json.response(payload)
 
 
 class AnswerCache:

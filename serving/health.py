@@ -98,6 +98,6 @@ def report(_: dict[str, Any]) -> Any:
         body["stream"] = {"ok": False, "queries": []}
     healthy = body["store"]["ok"] and body["stream"]["ok"]
     body["status"] = "ok" if healthy else "down"
-    return current_app.response_class(
-        current_app.json.dumps(body), status=200 if healthy else 503, mimetype="application/json"
-    )
+    response = current_app.json.response(body)
+    response.status_code = 200 if healthy else 503
+    return response
