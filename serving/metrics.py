@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -86,11 +87,19 @@ def _start() -> None:
     g.lambdaflow_started = time.perf_counter()
 
 
+@cache
+def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
+    """A request's counter and histogram: `labels` checks and locks on every call, and the label sets are
+    few (known methods, the app's rules, its statuses)."""
+    return REQUESTS.labels(method, endpoint, str(status)), LATENCY.labels(method, endpoint)
+
+
 def _observe(response: Any) -> Any:
     started = g.pop("lambdaflow_started", None)
     method = request.method if request.method in METHODS else "other"
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+    count, latency = _series(method, endpoint, response.status_code)
+    count.inc()
     if started is not None:
-        LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+        latency.observe(time.perf_counter() - started)
     return response
