@@ -38,12 +38,25 @@ def refuse_oversized() -> None:
     """Refuse a request line or a header field over its limit, before the token check (a `before_request`
     hook), so a client learns what to shorten whatever its credentials."""
     environ = request.environ
-    target = quote(environ.get("PATH_INFO", ""), safe="/:@!$&'()*+,;=~")
-    if query := environ.get("QUERY_STRING"):
-        target += f"?{query}"
-    line = len(request.method) + len(target) + len(environ.get("SERVER_PROTOCOL", "HTTP/1.1")) + 2
-    if line > REQUEST_LINE_LIMIT:
-        raise RequestURITooLarge(f"the request line is {line} bytes, over the limit of {REQUEST_LINE_LIMIT}")
-    for name, value in request.headers.items():
-        if len(name) + 2 + len(value) > HEADER_FIELD_LIMIT:
+    path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    fixed = len(request.method) + (len(query) + 1 if query else 0) + len(protocol) + 2
+    # as sent: the environ's text is the request's bytes, one character each (WSGI's latin-1), and
+    # percent-encoding makes a byte at most three, so only a path that may be over the limit is encoded
+    if fixed + 3 * len(path) > REQUEST_LINE_LIMIT:
+        line = fixed + len(quote(path, safe="/:@!$&'()*+,;=~", encoding="latin-1", errors="replace"))
+        if line > REQUEST_LINE_LIMIT:
+            raise RequestURITooLarge(
+                f"the request line is {line} bytes, over the limit of {REQUEST_LINE_LIMIT}"
+            )
+    # the header fields from the environ itself: `request.headers` would spell out every name to measure it
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name_length = len(key) - 5
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name_length = len(key)
+        else:
+            continue
+        if name_length + 2 + len(value) > HEADER_FIELD_LIMIT:
+            name = key.removeprefix("HTTP_").replace("_", "-").title()
             raise RequestHeaderFieldsTooLarge(f"header {name!r} is over the {HEADER_FIELD_LIMIT}-byte limit")

@@ -126,6 +126,11 @@ def test_errors_outside_the_parameters_have_the_same_json_shape(server):
     )
     got, headers, body = call(server, "/api/v1/sensors", method="POST")
     assert got == 405 and json.loads(body)["status"] == 405 and "GET" in headers["Allow"]
+    # a request line is measured as sent: a sensor of percent-encoded UTF-8 at the limit is read
+    path = f"/api/v1/sensors/{'%C3%A9' * 600}/metrics?x="
+    path += "y" * (REQUEST_LINE_LIMIT - len(f"GET {path} HTTP/1.1"))
+    assert call(server, path)[0] == 400  # read: `x` is no parameter
+    assert call(server, path + "y")[0] == 414
     # a header field at its limit is read; one byte more is refused, whatever the token
     at_limit = {"X-Note": "y" * (HEADER_FIELD_LIMIT - len("X-Note: "))}
     assert call(server, "/api/v1/sensors", extra=at_limit)[0] == 200
