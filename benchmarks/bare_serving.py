@@ -3,7 +3,8 @@ function over `sqlite3` — the same statement and the same JSON as the app (bat
 copied), without Flask, flask-smorest, marshmallow or SQLAlchemy — under the same server settings as
 `lambdaflow serve`: `python -m benchmarks.bare_serving DATABASE --port P`. What a user could get by hand; the
 app's figure over this one is what the framework costs. It answers only that route, and only well-formed
-requests."""
+requests. With `--in-flask`, the same function is the one route of a plain Flask app (no hooks, no argument
+parsing, no SQLAlchemy): what Flask's own request handling costs that answer."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
+from flask import Flask, Response, request
 
 _COLUMNS = ("window_start", "sensor_id", "location", "events", "temperature_avg", "temperature_min",
             "temperature_max", "humidity_avg", "pressure_avg", "battery_min")  # fmt: skip
@@ -106,6 +108,20 @@ def create_app(database: str) -> Callable[[dict[str, Any], Callable[..., Any]], 
     return app
 
 
+def create_flask_app(database: str) -> Flask:
+    """The bare function as the one route of a plain Flask app, its answer passed on as it is."""
+    answer = create_app(database)
+    app = Flask(__name__)
+
+    @app.get("/api/v1/sensors/<sensor_id>/metrics")
+    def metrics(sensor_id: str) -> Response:
+        headers: list[tuple[str, str]] = []
+        body = answer(request.environ, lambda status, given: headers.extend(given))
+        return app.response_class(body, headers=headers)
+
+    return app
+
+
 def _utc(moment: str) -> datetime:
     parsed = datetime.fromisoformat(moment)
     return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed
@@ -118,9 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("database")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--in-flask", action="store_true", help="the function as a plain Flask app's route")
     args = parser.parse_args()
     options = ServerOptions.from_settings(load_settings(), "127.0.0.1", args.port)
-    run_server(partial(create_app, args.database), options, "lambdaflow bare serve")
+    factory = create_flask_app if args.in_flask else create_app
+    run_server(partial(factory, args.database), options, "lambdaflow bare serve")
 
 
 if __name__ == "__main__":

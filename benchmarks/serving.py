@@ -2,7 +2,8 @@
 `lambdaflow serve` (Granian, the default workers and threads) with a SQLite store holding a week of 50
 sensors' published batch rows, with the answer cache on and off; the load comes from a separate process
 (benchmarks/load.py) that rotates over the 50 sensors. Its floor, in the same run: the same answers from a
-bare WSGI function over sqlite3 under the same server settings (benchmarks/bare_serving.py)."""
+bare WSGI function over sqlite3 under the same server settings (benchmarks/bare_serving.py); and beside it
+that function as the one route of a plain Flask app, which shows what Flask's own request handling costs."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def fill_store(url: str) -> None:
     engine.dispose()
 
 
-# The app with its answer cache on, off, and the floor: a bare WSGI function over sqlite3 (same server).
-SERVERS = ("cached", "uncached", "bare")
+# The app with its answer cache on, off, the floor (a bare WSGI function over sqlite3, same server) and the
+# floor inside Flask.
+SERVERS = ("cached", "uncached", "bare", "bare_in_flask")
 
 
 def _start_servers(data_dir: Path, logs: Path) -> dict[str, tuple[str, subprocess.Popen]]:
@@ -70,9 +72,10 @@ def _start_servers(data_dir: Path, logs: Path) -> dict[str, tuple[str, subproces
                      "LAMBDAFLOW_SERVE_CACHE_SECONDS": str(cache_seconds)}  # fmt: skip
         servers[name] = lambdaflow(["serve"], serve_env, log=logs / f"{name}.log")
     database = str(data_dir / "serving.db")
-    bare = [sys.executable, "-m", "benchmarks.bare_serving", database, "--port", str(ports["bare"])]
-    with (logs / "bare.log").open("a") as log:
-        servers["bare"] = subprocess.Popen(bare, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    for name, flags in (("bare", []), ("bare_in_flask", ["--in-flask"])):
+        bare = [sys.executable, "-m", "benchmarks.bare_serving", database, "--port", str(ports[name]), *flags]
+        with (logs / f"{name}.log").open("a") as log:
+            servers[name] = subprocess.Popen(bare, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return {name: (f"http://127.0.0.1:{ports[name]}", servers[name]) for name in SERVERS}
 
 
@@ -178,4 +181,12 @@ def run(selected: set[str]) -> list[Result]:
                 "load generator CPU ms per request": [round(o["client_cpu_ms"], 2) for o in runs],
             }  # fmt: skip
             results += [throughput, latency]
+        in_flask = outcomes["bare_in_flask"]
+        results.append(Result(
+            "serve: the floor inside one Flask route (no cache)", "req/s",
+            [o["requests_per_s"] for o in in_flask], "— (what Flask itself costs)",
+            notes={"p99 ms": [round(o["p99_ms"], 2) for o in in_flask],
+                   "server CPU ms per request": [round(o["server_cpu_ms"], 2) for o in in_flask]},
+            floor_runs=[o["requests_per_s"] for o in bare],
+        ))  # fmt: skip
     return results
