@@ -10,7 +10,7 @@ import os
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -209,6 +209,34 @@ def _sqlite_folder(url: str) -> Path | None:
     return Path(database).absolute().parent
 
 
+def is_secret(field: str) -> bool:
+    """Whether a setting holds credentials: a `SecretStr`, or the store URL (it may carry a password)."""
+    annotation = Settings.model_fields[field].annotation
+    return field == "store_url" or SecretStr in (annotation, *get_args(annotation))
+
+
+def secret_variables() -> list[str]:
+    """The environment variables of the settings that hold credentials."""
+    return [ENV_PREFIX + field.upper() for field in Settings.model_fields if is_secret(field)]
+
+
+def _shown(field: str, value: object) -> object:
+    """A bad value as an error message may show it: a URL's password masked, other secrets not at all."""
+    if field in Settings.model_fields and is_secret(field):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return (
+                make_url(str(value)).render_as_string(hide_password=True)
+                if field == "store_url"
+                else "<hidden>"
+            )
+        except ArgumentError:
+            return "<hidden>"
+    return str(value) if isinstance(value, Path) else value
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and explicit overrides); raise `SettingsError` on a bad value."""
     try:
@@ -217,7 +245,6 @@ def load_settings(**overrides: object) -> Settings:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else str(error["msg"]).split(":")[0].split()[-1]
         variable = ENV_PREFIX + field.upper()
-        shown = os.environ.get(variable, error.get("input"))
-        shown = str(shown) if isinstance(shown, Path) else shown
+        shown = _shown(field, os.environ.get(variable, error.get("input")))
         message = str(error["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {variable}={shown!r}: {message}") from None

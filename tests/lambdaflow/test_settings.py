@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdaflow.settings import SettingsError, load_settings
+from lambdaflow.settings import SettingsError, load_settings, secret_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,31 @@ def test_bad_values_name_the_variable_in_one_line(monkeypatch, variable, value, 
         load_settings()
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "shown"),
+    [
+        (
+            "LAMBDAFLOW_STORE_URL",
+            "postgres://lf:s3cret@db/lf",
+            "LAMBDAFLOW_STORE_URL='postgres://lf:***@db/lf'",
+        ),
+        ("LAMBDAFLOW_STORE_URL", "s3cret", "LAMBDAFLOW_STORE_URL='<hidden>'"),
+    ],
+)
+def test_a_bad_secret_is_named_but_not_shown(monkeypatch, variable, value, shown):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert shown in str(error.value) and "s3cret" not in str(error.value)
+
+
+def test_the_secret_settings_are_the_credentials():
+    assert sorted(secret_variables()) == [
+        "LAMBDAFLOW_AIRFLOW_PASSWORD", "LAMBDAFLOW_API_TOKEN", "LAMBDAFLOW_KAFKA_SASL_PASSWORD",
+        "LAMBDAFLOW_STORE_URL",
+    ]  # fmt: skip
 
 
 def test_commands_stop_at_start_up_with_one_line(tmp_path):
