@@ -18,7 +18,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
-from lambdaflow.settings import Settings
+from lambdaflow.settings import Settings, secret_variables
 
 
 def metrics_dir(settings: Settings, port: int) -> Path:
@@ -63,11 +63,20 @@ def run_server(load: Callable[[], Any], options: ServerOptions, name: str) -> No
     ).serve(target_loader=load, wrap_loader=False)
 
 
+def worker_app(settings: Settings) -> Any:
+    """A server worker's app. Granian copies the worker's environment into every request's WSGI environ
+    (CGI's convention) after the app is built: the credentials, read into the settings, leave it first."""
+    from serving.app import create_app
+
+    app = create_app(settings)
+    for variable in secret_variables():
+        os.environ.pop(variable, None)
+    return app
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; each worker builds its own app (and its own store connections)."""
     # before the workers import prometheus_client: it picks multiprocess mode once, at its import
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings, port))
-    from serving.app import create_app
-
     options = ServerOptions.from_settings(settings, host, port)
-    run_server(partial(create_app, settings), options, "lambdaflow serve")
+    run_server(partial(worker_app, settings), options, "lambdaflow serve")
