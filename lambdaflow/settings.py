@@ -221,19 +221,11 @@ def secret_variables() -> list[str]:
 
 
 def _shown(field: str, value: object) -> object:
-    """A bad value as an error message may show it: a URL's password masked, other secrets not at all."""
+    """A bad value as an error message may show it: a secret's not at all, a URL's scheme only (its user,
+    password and query may be credentials)."""
     if field in Settings.model_fields and is_secret(field):
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            return (
-                make_url(str(value)).render_as_string(hide_password=True)
-                if field == "store_url"
-                else "<hidden>"
-            )
-        except ArgumentError:
-            return "<hidden>"
+        scheme, separator, _ = str(value).partition("://")
+        return f"{scheme}://<hidden>" if separator and scheme.replace("+", "").isalnum() else "<hidden>"
     return str(value) if isinstance(value, Path) else value
 
 

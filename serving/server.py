@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +18,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
+from lambdaflow.kafka import EVENT_HUBS_VARIABLE
 from lambdaflow.settings import Settings, secret_variables
 
 
@@ -63,14 +64,22 @@ def run_server(load: Callable[[], Any], options: ServerOptions, name: str) -> No
     ).serve(target_loader=load, wrap_loader=False)
 
 
+def credential_variables(environ: Mapping[str, str]) -> list[str]:
+    """The variables of `environ` that carry credentials the serving app does not read after start-up: the
+    settings' secrets, Airflow's configuration and connections (its JWT secret, `AIRFLOW_CONN_*`) and the
+    Event Hubs connection string."""
+    secrets = {*secret_variables(), EVENT_HUBS_VARIABLE}
+    return [name for name in environ if name in secrets or name.startswith("AIRFLOW_")]
+
+
 def worker_app(settings: Settings) -> Any:
     """A server worker's app. Granian copies the worker's environment into every request's WSGI environ
-    (CGI's convention) after the app is built: the credentials, read into the settings, leave it first."""
+    (CGI's convention) after the app is built: the credentials leave it first."""
     from serving.app import create_app
 
     app = create_app(settings)
-    for variable in secret_variables():
-        os.environ.pop(variable, None)
+    for variable in credential_variables(os.environ):
+        del os.environ[variable]
     return app
 
 

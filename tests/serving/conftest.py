@@ -5,6 +5,7 @@ import json
 import secrets
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -188,18 +189,25 @@ def serve_filled_store(data_dir: Path, **env: str) -> Iterator[tuple[str, str, i
         [*LAMBDAFLOW, "serve"], env=environment, cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    ready = urllib.request.Request(base + "/api/v1/sensors", headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                urllib.request.urlopen(ready, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()
-                assert time.monotonic() < deadline, "lambdaflow serve did not answer within 60 s"
-                time.sleep(0.3)
+        wait_until_served(server, base + "/api/v1/sensors", token)
         yield base, token, windows
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def wait_until_served(server: subprocess.Popen, url: str, token: str, seconds: float = 60) -> None:
+    """Wait until a server process answers `url` (any status), failing with its output if it exits."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(request, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            assert server.poll() is None, server.stderr.read() if server.stderr else server.returncode
+            assert time.monotonic() < deadline, f"{url} did not answer within {seconds:.0f} s"
+            time.sleep(0.3)
