@@ -109,15 +109,19 @@ def create_app(database: str) -> Callable[[dict[str, Any], Callable[..., Any]], 
 
 
 def create_flask_app(database: str) -> Flask:
-    """The bare function as the one route of a plain Flask app, its answer passed on as it is."""
+    """The bare function as the one route of a plain Flask app, its answer passed on as it is (in the app's
+    response class, which hands Granian a body held in memory in one piece)."""
+    from serving.app import ServingResponse
+
     answer = create_app(database)
     app = Flask(__name__)
+    app.response_class = ServingResponse
 
     @app.get("/api/v1/sensors/<sensor_id>/metrics")
     def metrics(sensor_id: str) -> Response:
-        headers: list[tuple[str, str]] = []
-        body = answer(request.environ, lambda status, given: headers.extend(given))
-        return app.response_class(body, headers=headers)
+        started: list[Any] = []
+        body = answer(request.environ, lambda status, headers: started.extend((status, headers)))
+        return app.response_class(body, status=started[0], headers=started[1])
 
     return app
 

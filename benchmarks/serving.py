@@ -91,7 +91,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def measure(data_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """Start the three servers on the filled store and load each in turn, RUNS times: the app and its floor
+    """Start the servers on the filled store and load each in turn, RUNS times: the app and its floor
     share every minute of the run, so the machine's load weighs on both alike. Besides the load generator's
     figures, each outcome has the server's and the generator's CPU time per request, which other processes
     on the machine move far less than the rate."""
@@ -185,7 +185,8 @@ def run(selected: set[str]) -> list[Result]:
         results.append(Result(
             "serve: the floor inside one Flask route (no cache)", "req/s",
             [o["requests_per_s"] for o in in_flask], "— (what Flask itself costs)",
-            notes={"p99 ms": [round(o["p99_ms"], 2) for o in in_flask],
+            notes={"errors": sum(o["errors"] for o in in_flask),
+                   "p99 ms": [round(o["p99_ms"], 2) for o in in_flask],
                    "server CPU ms per request": [round(o["server_cpu_ms"], 2) for o in in_flask]},
             floor_runs=[o["requests_per_s"] for o in bare],
         ))  # fmt: skip
