@@ -11,6 +11,7 @@ is safe. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -27,13 +28,16 @@ READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RetryLockedWrites:
-    """ASGI middleware: a write request answered 503 "Database is locked" runs again, up to `attempts`
-    times with a doubling wait from `first_wait_s`; the client sees the last answer."""
+    """ASGI middleware: a write request answered 503 "Database is locked" runs again, with a doubling wait
+    from `first_wait_s` up to `longest_wait_s`, for up to `budget_s`; the client sees the last answer."""
 
-    def __init__(self, app: ASGIApp, attempts: int = 6, first_wait_s: float = 0.05) -> None:
+    def __init__(
+        self, app: ASGIApp, budget_s: float = 15.0, first_wait_s: float = 0.05, longest_wait_s: float = 1.0
+    ) -> None:
         self.app = app
-        self.attempts = attempts
+        self.budget_s = budget_s
         self.first_wait_s = first_wait_s
+        self.longest_wait_s = longest_wait_s
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in READS:
@@ -47,13 +51,17 @@ class RetryLockedWrites:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget_s
         wait_s = self.first_wait_s
-        for attempt in range(1, self.attempts + 1):
+        while True:
             answer = await self._answer(scope, bytes(body), receive)
-            if attempt == self.attempts or not _locked(answer):
+            if not _locked(answer) or loop.time() + wait_s > deadline:
                 break
-            await asyncio.sleep(wait_s)
-            wait_s *= 2
+            # jittered: a transaction slower than another process's commit interval would meet its commits
+            # in step if it always came back after the same wait
+            await asyncio.sleep(wait_s * random.uniform(0.5, 1.5))
+            wait_s = min(2 * wait_s, self.longest_wait_s)
         for message in answer:
             await send(message)
 
