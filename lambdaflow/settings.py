@@ -225,6 +225,7 @@ def _shown(field: str, value: object) -> object:
     password and query may be credentials)."""
     if field in Settings.model_fields and is_secret(field):
         scheme, separator, _ = str(value).partition("://")
+        # a scheme is letters, digits and '+' (postgresql+psycopg): anything else before '://' may be a secret
         return f"{scheme}://<hidden>" if separator and scheme.replace("+", "").isalnum() else "<hidden>"
     return str(value) if isinstance(value, Path) else value
 
