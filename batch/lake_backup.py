@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from lambdaflow.azure_blob import (
     bytes_md5,
     file_md5,
 )
-from lambdaflow.lake import day_dir, temporary_name, walk_files
+from lambdaflow.lake import day_dir, replaced_atomically, walk_files
 from lambdaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -216,16 +215,11 @@ def restore_day(settings: Settings, day: date, data_dir: Path | None = None,
         missing.append(file)
 
     def download(file: ManifestFile) -> None:
-        path = target_dir / file.name
-        temporary = temporary_name(path)
-        try:
+        with replaced_atomically(target_dir / file.name) as temporary:
             md5 = container.download_file(file.name, temporary)
             if md5 != file.md5:
                 raise BlobStorageError(f"{file.name}: downloaded MD5 {md5} differs from the manifest's "
                                        f"{file.md5}; the file was not restored")  # fmt: skip
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
 
     with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
         for _ in pool.map(download, missing):

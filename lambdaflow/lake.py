@@ -18,6 +18,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -106,26 +107,27 @@ def walk_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def write_parquet_atomically(table: pa.Table, path: Path) -> None:
-    """Write `table` to `path` through a hidden temporary file and an atomic rename."""
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A hidden temporary file to write `path` through: renamed onto `path` when the block succeeds, so
+    readers see the file whole or absent, and removed when it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(path)
     try:
-        pq.write_table(table, temporary, compression="snappy")
+        yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    with replaced_atomically(path) as temporary:
+        pq.write_table(table, temporary, compression="snappy")
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write `path` through a hidden temporary file and an atomic rename: readers see it whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
-    try:
+    with replaced_atomically(path) as temporary:
         temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_table(base: Path, columns: list[str] | None = None) -> pa.Table:
