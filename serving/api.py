@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Hashable, Mapping
-from functools import wraps
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
 from cachetools import TTLCache
-from flask import Request, Response, abort, current_app, g, request
+from flask import Request, Response, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import NotFound
 
+from lambdaflow import points
 from lambdaflow.views import CLEANED_COLUMNS, VIEWS, View
 from serving import merge, schemas
 from serving.params import AlertsQuery, NoQuery, QualityQuery, view_query
@@ -92,21 +94,57 @@ class AnswerCache:
                 self.cache[key] = body
 
 
-def _metrics(view: str, args: Mapping[str, Any], subject: dict[str, Any], **filters: Any) -> Response:
-    """The merged answer; with a `subject` (one sensor or location), a 404 when it has no row at all."""
-    cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
-    horizon = g.get("lambdaflow_horizon")  # read by `_cached_first` when the cache is on
-    key = (request.full_path, horizon) if horizon is not None and args["end"] <= horizon else None
-    merged = merge.merged_view(_engine(), view, args["start"], args["end"], **filters)
-    for column, value in subject.items():
-        if not merged.points and not merge.exists(_engine(), view, column, value):
-            abort(404, f"unknown {column} {value!r}")
-    points = orjson.Fragment(b"[%s]" % b",".join(merged.points))  # the points' JSON, written as it is
-    answer = _json({**subject, "from": args["start"], "to": args["end"], "batch_as_of": merged.batch_as_of,
-                    "points": points})  # fmt: skip
-    if key and merged.batch_as_of == horizon:  # no publish in between
-        cache.put(key, answer.get_data())
-    return answer
+def request_key(environ: Mapping[str, Any]) -> str:
+    """A request's key in the answer cache: its path and query as the server gives them."""
+    return f"{environ.get('PATH_INFO', '')}?{environ.get('QUERY_STRING', '')}"
+
+
+def _cleaned(column: str, value: str) -> str:
+    """A value as both layers store the column: categorical strings trimmed and lower-cased."""
+    return value.strip().lower() if column in CLEANED_COLUMNS else value
+
+
+class ViewAnswers:
+    """The JSON answers of the view routes, from the store through the answer cache; the one definition of
+    them, whichever request handling asked (Flask's routes or `serving.fast_path`)."""
+
+    def __init__(self, engine: Any, cache: AnswerCache) -> None:
+        self.engine, self.cache = engine, cache
+
+    def cached(self, view: str, key: str) -> tuple[datetime | None, bytes | None]:
+        """The view's horizon (None also when the cache is off) and the answer kept for `key` at it."""
+        if not self.cache.enabled:
+            return None, None
+        horizon = merge.horizon(self.engine, view)
+        return horizon, self.cache.get((key, horizon)) if horizon is not None else None
+
+    def answer(self, view: View, args: Mapping[str, Any], path: Mapping[str, str], key: str,
+               horizon: datetime | None) -> bytes:  # fmt: skip
+        """The merged answer for the parsed query `args` and the `path` values; kept for `key` when it lies
+        wholly before `horizon` (read by `cached`) and no publish came in between. NotFound for a subject
+        with no row at all."""
+        route = view.route
+        assert route is not None
+        subject, equals, at_least = {}, {}, {}
+        if route.subject is not None:
+            subject[route.subject] = equals[route.subject] = _cleaned(route.subject, path[route.subject])
+        for found in route.filters:
+            value = args.get(found.name)
+            if found.at_least and value is not None:
+                at_least[found.column] = value
+            elif not found.at_least and value:  # an empty text filter is no filter
+                equals[found.column] = _cleaned(found.column, value)
+        start, end = args["start"], args["end"]
+        merged = merge.merged_view(self.engine, view.name, start, end, equals=equals, at_least=at_least)
+        for column, value in subject.items():
+            if not merged.points and not merge.exists(self.engine, view.name, column, value):
+                raise NotFound(f"unknown {column} {value!r}")
+        points_json = orjson.Fragment(b"[%s]" % b",".join(merged.points))  # the points' JSON, as it is
+        body = points.json_bytes({**subject, "from": start, "to": end, "batch_as_of": merged.batch_as_of,
+                                  "points": points_json})  # fmt: skip
+        if horizon is not None and end <= horizon and merged.batch_as_of == horizon:
+            self.cache.put((key, horizon), body)
+        return body
 
 
 @api.route("/sensors")
@@ -117,69 +155,35 @@ def list_sensors(_: dict[str, Any]) -> Response:
     return _json({"sensors": merge.sensors(_engine())})
 
 
-def _cleaned(column: str, value: str) -> str:
-    """A value as both layers store the column: categorical strings trimmed and lower-cased."""
-    return value.strip().lower() if column in CLEANED_COLUMNS else value
-
-
-def _view_handler(view: View) -> Callable[..., Response]:
-    """The handler of a view's route: its subject from the path (404 when unknown), its filters from the
-    query (an empty text filter is no filter)."""
-    route = view.route
-    assert route is not None
-
-    def answer(args: dict[str, Any], **path: str) -> Response:
-        subject, equals, at_least = {}, {}, {}
-        if route.subject is not None:
-            subject[route.subject] = equals[route.subject] = _cleaned(route.subject, path[route.subject])
-        for found in route.filters:
-            value = args.get(found.name)
-            if found.at_least and value is not None:
-                at_least[found.column] = value
-            elif not found.at_least and value:
-                equals[found.column] = _cleaned(found.column, value)
-        return _metrics(view.name, args, subject, equals=equals, at_least=at_least)
-
-    answer.__name__ = answer.__qualname__ = view.name
-    return answer
-
-
-def _cached_first(view: str, handler: Callable[..., Response]) -> Callable[..., Response]:
-    """The answer cache in front of a view route's handler, before its query is parsed: a request answered
-    at the same horizon is answered again for one read of the horizon (only a valid answer lying wholly
-    before the horizon was kept)."""
-
-    @wraps(handler)
-    def answer(**path: str) -> Response:
-        cache: AnswerCache = current_app.extensions["lambdaflow.answers"]
-        if cache.enabled:
-            g.lambdaflow_horizon = horizon = merge.horizon(_engine(), view)
-            cached = cache.get((request.full_path, horizon)) if horizon is not None else None
-            if cached is not None:
-                return current_app.response_class(cached, mimetype="application/json")
-        return handler(**path)
-
-    return answer
+# instances: webargs makes a new one from a class on every request
+VIEW_QUERIES = {name: view_query(view)() for name, view in VIEWS.items() if view.route is not None}
 
 
 def _add_view_route(view: View) -> None:
+    """The view's route: the answer cache first, before its query is parsed (a request answered at the same
+    horizon is answered again for one read of the horizon), then one parse of the query and the answer."""
     route = view.route
     assert route is not None
     errors = (HTTPStatus.NOT_FOUND,) if route.subject is not None else ()
-    # a schema instance: webargs makes a new one from a class on every request
-    query, answer = view_query(view)(), _view_handler(view)
-    # The decorators document the operation; the route runs the handler behind one parse of its query, the
-    # decorators' parse included: their six wrappers cost a request more than its SQL.
-    documented = api.doc(summary=route.summary)(answer)
-    documented = api.answers(schemas.ANSWERS[view.name], *errors)(documented)
-    documented = api.arguments(query, location="query", as_kwargs=False)(documented)
+    query = VIEW_QUERIES[view.name]
     parse = api.ARGUMENTS_PARSER.parse
 
-    def parsed_first(**path: str) -> Response:
-        return answer(parse(query, location="query"), **path)
+    def answer(**path: str) -> Response:
+        answers: ViewAnswers = current_app.extensions["lambdaflow.answers"]
+        key = request_key(request.environ)
+        horizon, body = answers.cached(view.name, key)
+        if body is None:
+            body = answers.answer(view, parse(query, location="query"), path, key, horizon)
+        return current_app.response_class(body, mimetype="application/json")
 
-    parsed_first._apidoc = documented._apidoc  # type: ignore[attr-defined]  # what flask-smorest documents
-    api.route(route.path, endpoint=view.name)(_cached_first(view.name, parsed_first))
+    # The decorators only document the operation: their six wrappers, the parse included, cost a request
+    # more than its SQL.
+    documented = api.doc(summary=route.summary)(lambda: None)
+    documented = api.answers(schemas.ANSWERS[view.name], *errors)(documented)
+    documented = api.arguments(query, location="query", as_kwargs=False)(documented)
+    answer.__name__ = answer.__qualname__ = view.name
+    answer._apidoc = documented._apidoc  # type: ignore[attr-defined]  # what flask-smorest documents
+    api.route(route.path, endpoint=view.name)(answer)
 
 
 for _view in VIEWS.values():

@@ -13,10 +13,11 @@ from werkzeug.exceptions import HTTPException
 
 from lambdaflow import points, store
 from lambdaflow.settings import Settings, load_settings
-from serving.api import AnswerCache, api
+from serving.api import AnswerCache, ViewAnswers, api
 from serving.auth import require_token
 from serving.dashboard import dashboard
 from serving.errors import error_response, refuse_oversized
+from serving.fast_path import ViewFastPath
 from serving.health import health
 from serving.metrics import instrument, metrics
 from serving.schemas import Error
@@ -48,7 +49,7 @@ class OrjsonProvider(JSONProvider):
 
     def encode(self, obj: Any) -> bytes:
         try:
-            return orjson.dumps(obj, default=str, option=self.options)
+            return points.json_bytes(obj)
         except orjson.JSONEncodeError:  # keys other than plain str (e.g. SQLAlchemy's names): slower
             return orjson.dumps(obj, default=str, option=self.options | orjson.OPT_NON_STR_KEYS)
 
@@ -93,7 +94,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.config.update(config)
     app.extensions["lambdaflow.settings"] = settings
     app.extensions["lambdaflow.store"] = store.engine(settings.resolved_store_url)
-    app.extensions["lambdaflow.answers"] = AnswerCache(settings.serve_cache_seconds)
+    app.extensions["lambdaflow.answers"] = ViewAnswers(
+        app.extensions["lambdaflow.store"], AnswerCache(settings.serve_cache_seconds)
+    )
 
     smorest = DocumentedApi(app)
     smorest.register_blueprint(api)
@@ -107,4 +110,5 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.before_request(refuse_oversized)
     if settings.api_token is not None:
         app.before_request(require_token(settings.api_token.get_secret_value()))
+    app.wsgi_app = ViewFastPath(app)  # type: ignore[method-assign]
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -37,16 +38,22 @@ def error_response(exc: HTTPException) -> Response:
 def refuse_oversized() -> None:
     """Refuse a request line or a header field over its limit, before the token check (a `before_request`
     hook), so a client learns what to shorten whatever its credentials."""
-    environ = request.environ
+    refused = oversized(request.method, request.environ)
+    if refused is not None:
+        raise refused
+
+
+def oversized(method: str, environ: Mapping[str, Any]) -> HTTPException | None:
+    """The 414 or 431 for a request line or a header field over its limit; None when all are within."""
     path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
     protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
-    fixed = len(request.method) + (len(query) + 1 if query else 0) + len(protocol) + 2
+    fixed = len(method) + (len(query) + 1 if query else 0) + len(protocol) + 2
     # as sent: the environ's text is the request's bytes, one character each (WSGI's latin-1), and
     # percent-encoding makes a byte at most three, so only a path that may be over the limit is encoded
     if fixed + 3 * len(path) > REQUEST_LINE_LIMIT:
         line = fixed + len(quote(path, safe="/:@!$&'()*+,;=~", encoding="latin-1", errors="replace"))
         if line > REQUEST_LINE_LIMIT:
-            raise RequestURITooLarge(
+            return RequestURITooLarge(
                 f"the request line is {line} bytes, over the limit of {REQUEST_LINE_LIMIT}"
             )
     # the header fields from the environ itself: `request.headers` would spell out every name to measure it
@@ -59,4 +66,5 @@ def refuse_oversized() -> None:
             continue
         if name_length + 2 + len(value) > HEADER_FIELD_LIMIT:
             name = key.removeprefix("HTTP_").replace("_", "-").title()
-            raise RequestHeaderFieldsTooLarge(f"header {name!r} is over the {HEADER_FIELD_LIMIT}-byte limit")
+            return RequestHeaderFieldsTooLarge(f"header {name!r} is over the {HEADER_FIELD_LIMIT}-byte limit")
+    return None

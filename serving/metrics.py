@@ -96,10 +96,14 @@ def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
 
 def _observe(response: Any) -> Any:
     started = g.pop("lambdaflow_started", None)
-    method = request.method if request.method in METHODS else "other"
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    count, latency = _series(method, endpoint, response.status_code)
+    count_request(request.method, endpoint, response.status_code, started)
+    return response
+
+
+def count_request(method: str, endpoint: str, status: int, started: float | None) -> None:
+    """Count a request answered with `status`, and time it from `started` (`time.perf_counter`)."""
+    count, latency = _series(method if method in METHODS else "other", endpoint, status)
     count.inc()
     if started is not None:
         latency.observe(time.perf_counter() - started)
-    return response
