@@ -5,13 +5,17 @@ on the same filled store."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
 from werkzeug.test import Client
 
-from tests.serving.conftest import fill_store
+from lambdaflow.settings import load_settings
+from serving.app import create_app
+from tests.serving.conftest import fill_store, serve_filled_store
 from tests.serving.test_health_metrics import samples
 
 TOKEN = "fast-path-token"
@@ -121,3 +125,31 @@ def test_a_fast_answer_is_counted_and_timed_under_its_route(apps):
     assert grew("lambdaflow_http_requests_total", status="200") == 3
     assert grew("lambdaflow_http_request_duration_seconds_count") == 3
     assert reached == ["/metrics", "/metrics"]
+
+
+@pytest.mark.integration
+def test_under_the_server_every_answer_is_flasks(tmp_path):
+    """`lambdaflow serve` (Granian, whose environ the fast path reads) answers as Flask's own app does on
+    the same store, plain requests and others alike."""
+    data_dir = tmp_path / "data"
+    with serve_filled_store(data_dir) as (base, token, _):
+        auth = {"Authorization": f"Bearer {token}"}
+        flask_alone = Client(create_app(load_settings(data_dir=data_dir, api_token=token)).wsgi_app.flask)
+        for url in [
+            *PLAIN,
+            # urllib follows a redirect
+            *(
+                url
+                for method, url, headers, status in NOT_PLAIN
+                if method == "GET" and headers is AUTH and status != 308
+            ),
+        ]:
+            expected = flask_alone.get(url, headers=auth)
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(base + url, headers=auth), timeout=10
+                ) as got:
+                    served = (got.status, got.headers["Content-Type"], got.read())
+            except urllib.error.HTTPError as error:
+                served = (error.code, error.headers["Content-Type"], error.read())
+            assert served == (expected.status_code, expected.content_type, expected.get_data()), url
