@@ -5,7 +5,11 @@ and JSON. A GET of a view route whose token (when the server has one) is in its 
 whose query has only the route's parameters, each once and valid, is answered here by the same
 `ViewAnswers`, parameter schema, limits and request metrics as the route. Every other request (HEAD, a
 cookie, a refusal, a bad parameter, an unknown subject, a store error) goes on to Flask, which answers it as
-it answers any request: an answer given here is Flask's, byte for byte.
+it answers any request: an answer given here is Flask's, byte for byte. Such a request costs its work
+twice, which only errors do.
+
+The fast path runs the app's request hooks itself, so it knows them by name: an app with another hook, or
+with host-based routing or trusted hosts, is refused at start-up rather than answered without them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from lambdaflow.views import VIEWS, View
 from serving.api import VIEW_QUERIES, ViewAnswers, request_key
 from serving.auth import bearer_token, token_matches
 from serving.errors import oversized
-from serving.metrics import count_request
+from serving.metrics import STARTED, count_request
 
 log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -54,6 +58,7 @@ class ViewFastPath:
     """WSGI middleware in front of the Flask app's own (`app.wsgi_app = ViewFastPath(app)`)."""
 
     def __init__(self, app: Flask) -> None:
+        _check_runs_like(app)
         self.flask: WsgiApp = app.wsgi_app
         self.answers: ViewAnswers = app.extensions["lambdaflow.answers"]
         token = app.extensions["lambdaflow.settings"].api_token
@@ -64,7 +69,7 @@ class ViewFastPath:
         ]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        started = time.perf_counter()
+        started = environ[STARTED] = time.perf_counter()  # Flask's timing of the request starts here too
         body, rule = self._answer(environ)
         if body is None:
             return self.flask(environ, start_response)
@@ -100,6 +105,8 @@ class ViewFastPath:
         # ASCII: Flask decodes the path's bytes as UTF-8, which only ASCII leaves as the server gives it
         if environ.get("REQUEST_METHOD") != "GET" or not path.startswith("/api/v1/") or not path.isascii():
             return None
+        if "HTTP_UPGRADE" in environ:  # werkzeug routes a WebSocket upgrade apart (a 400 on these routes)
+            return None
         for route in self.routes:
             matched = route.path.fullmatch(path)
             if matched is not None:
@@ -112,6 +119,29 @@ class ViewFastPath:
         if oversized("GET", environ) is not None:
             return None
         return route, matched.groupdict()
+
+
+# The request hooks the fast path runs itself (metrics, size limits, token), by qualified name.
+KNOWN_HOOKS = {
+    "before_request": {"_start", "refuse_oversized", "require_token.<locals>.check"},
+    "after_request": {"_observe"},
+}
+
+
+def _check_runs_like(app: Flask) -> None:
+    """Stop at start-up on what the fast path would skip: a request hook it does not run, trusted hosts or
+    host-based routing."""
+    hooks = {
+        "before_request": app.before_request_funcs, "after_request": app.after_request_funcs,
+        "teardown_request": app.teardown_request_funcs, "url_value_preprocessor": app.url_value_preprocessors,
+    }  # fmt: skip
+    for kind, registered in hooks.items():
+        names = {hook.__qualname__ for scoped in registered.values() for hook in scoped}
+        unknown = names - KNOWN_HOOKS.get(kind, set())
+        if unknown:
+            raise RuntimeError(f"serving.fast_path does not run the {kind} hook(s) {sorted(unknown)}")
+    if app.config.get("TRUSTED_HOSTS") or app.url_map.host_matching or app.subdomain_matching:
+        raise RuntimeError("serving.fast_path does not check the Host header: leave TRUSTED_HOSTS unset")
 
 
 def _plain_query(schema: Schema, query: str) -> dict[str, Any] | None:

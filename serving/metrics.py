@@ -32,6 +32,8 @@ from serving.health import query_status
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 STATUSES = ("ok", "stalled", "down")
 # Labels come from the route, not the path, and from known methods only: a client cannot grow the series.
+# where a request's arrival is kept when something before the app (serving.fast_path) saw it first
+STARTED = "lambdaflow.started"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _REGISTRY = CollectorRegistry()  # this process's request metrics, when not under the server's workers
@@ -84,7 +86,7 @@ def instrument(app: Flask) -> None:
 
 
 def _start() -> None:
-    g.lambdaflow_started = time.perf_counter()
+    g.lambdaflow_started = request.environ.get(STARTED) or time.perf_counter()
 
 
 @cache

@@ -15,6 +15,7 @@ from werkzeug.test import Client
 
 from lambdaflow.settings import load_settings
 from serving.app import create_app
+from serving.fast_path import ViewFastPath
 from tests.serving.conftest import fill_store, serve_filled_store
 from tests.serving.test_health_metrics import samples
 
@@ -61,6 +62,12 @@ NOT_PLAIN = [  # method, URL, headers, Flask's status
     ("POST", f"/api/v1/sensors/s-lab/metrics?{ACROSS}", AUTH, 405),
     ("GET", f"/api/v1/sensors/s-lab/metrics?{ACROSS}", {**AUTH, "X-Padding": "x" * 9000}, 431),
     ("GET", "/api/v1/sensors/" + "s" * 4100 + "/metrics", AUTH, 414),
+    (
+        "GET",
+        f"/api/v1/sensors/s-lab/metrics?{ACROSS}",
+        {**AUTH, "Connection": "Upgrade", "Upgrade": "websocket"},
+        400,
+    ),  # werkzeug's WebSocket routing
     ("GET", f"/api/v1/activity/?{ACROSS}", AUTH, 404),
     ("GET", f"/api/v1//activity?{ACROSS}", AUTH, 308),
     ("GET", f"/api/v1/sensors//metrics?{ACROSS}", AUTH, 404),
@@ -125,6 +132,16 @@ def test_a_fast_answer_is_counted_and_timed_under_its_route(apps):
     assert grew("lambdaflow_http_requests_total", status="200") == 3
     assert grew("lambdaflow_http_request_duration_seconds_count") == 3
     assert reached == ["/metrics", "/metrics"]
+
+
+def test_an_app_the_fast_path_would_answer_otherwise_stops_at_start_up(make_client, tmp_path):
+    app, _ = make_client(api_token=TOKEN)
+    app.before_request(lambda: None)  # a hook the fast path would not run
+    with pytest.raises(RuntimeError, match="before_request hook"):
+        ViewFastPath(app)
+    settings = load_settings(data_dir=tmp_path / "data", api_token=TOKEN)
+    with pytest.raises(RuntimeError, match="TRUSTED_HOSTS"):
+        create_app(settings, TRUSTED_HOSTS=["api.example.com"])
 
 
 @pytest.mark.integration
