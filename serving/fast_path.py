@@ -141,7 +141,9 @@ def _check_runs_like(app: Flask) -> None:
         if unknown:
             raise RuntimeError(f"serving.fast_path does not run the {kind} hook(s) {sorted(unknown)}")
     if app.config.get("TRUSTED_HOSTS") or app.url_map.host_matching or app.subdomain_matching:
-        raise RuntimeError("serving.fast_path does not check the Host header: leave TRUSTED_HOSTS unset")
+        raise RuntimeError(
+            "serving.fast_path does not check the Host: leave TRUSTED_HOSTS and host matching unset"
+        )
 
 
 def _plain_query(schema: Schema, query: str) -> dict[str, Any] | None:

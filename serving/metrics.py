@@ -31,9 +31,9 @@ from serving.health import query_status
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 STATUSES = ("ok", "stalled", "down")
-# Labels come from the route, not the path, and from known methods only: a client cannot grow the series.
 # where a request's arrival is kept when something before the app (serving.fast_path) saw it first
 STARTED = "lambdaflow.started"
+# Labels come from the route, not the path, and from known methods only: a client cannot grow the series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _REGISTRY = CollectorRegistry()  # this process's request metrics, when not under the server's workers
