@@ -1,11 +1,16 @@
-"""The embedded stack's Airflow API server runs a write again when SQLite refused it as locked.
+"""The embedded stack's Airflow API server writes to its SQLite metadata without "database is locked".
 
 On SQLite in WAL mode a transaction that has read cannot start writing once another process (the scheduler,
 the DAG processor) has committed since its read: SQLite answers "database is locked" at once, without
-waiting, and the only remedy is to run the transaction again. Airflow maps that error to a 503 on the
-backfill endpoints ("Backfill creation is not supported on SQLite under concurrent access"), so "Run
-Backfill" in the UI failed now and then. The failed transaction was rolled back, so replaying the request
-is safe. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
+waiting for the lock. Airflow maps that error to a 503 on the backfill endpoints ("Backfill creation is not
+supported on SQLite under concurrent access"), so "Run Backfill" in the UI failed now and then.
+
+Python's sqlite3 opens a transaction only at its first write, so the reads before it are not the problem. A
+SAVEPOINT outside a transaction is: SQLite opens a deferred one, and Airflow creates each backfill run inside
+`session.begin_nested()`, reading before it writes. During a write request such a transaction therefore
+begins with BEGIN IMMEDIATE, which takes the write lock first and waits for it. A write still refused as
+locked (a path this does not cover) was rolled back, so it is replayed. On PostgreSQL (docker-compose.yaml)
+the plugin adds nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -25,11 +33,14 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 LOCKED = b"database is locked"
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# set while the API server answers a write request; FastAPI's worker threads inherit it
+WRITE_REQUEST: ContextVar[bool] = ContextVar("lambdaflow_write_request", default=False)
 
 
 class RetryLockedWrites:
-    """ASGI middleware: a write request answered 503 "Database is locked" runs again, with a doubling wait
-    from `first_wait_s` up to `longest_wait_s`, for up to `budget_s`; the client sees the last answer."""
+    """ASGI middleware: marks a write request (WRITE_REQUEST); one answered 503 "Database is locked" runs
+    again, with a doubling wait from `first_wait_s` up to `longest_wait_s`, for up to `budget_s`; the client
+    sees the last answer."""
 
     def __init__(
         self, app: ASGIApp, budget_s: float = 15.0, first_wait_s: float = 0.05, longest_wait_s: float = 1.0
@@ -43,6 +54,13 @@ class RetryLockedWrites:
         if scope["type"] != "http" or scope["method"] in READS:
             await self.app(scope, receive, send)
             return
+        token = WRITE_REQUEST.set(True)
+        try:
+            await self._answer_write(scope, receive, send)
+        finally:
+            WRITE_REQUEST.reset(token)
+
+    async def _answer_write(self, scope: Message, receive: Receive, send: Send) -> None:
         body = bytearray()
         while True:
             message = await receive()
@@ -84,6 +102,13 @@ class RetryLockedWrites:
         return answer
 
 
+def begin_savepoint_immediately(connection: Connection, name: str) -> None:
+    """Before a SAVEPOINT that would open a deferred transaction in a write request, open an immediate one."""
+    on_pysqlite = connection.dialect.name == "sqlite" and connection.dialect.driver == "pysqlite"
+    if WRITE_REQUEST.get() and on_pysqlite and not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _locked(answer: list[Message]) -> bool:
     """Whether the answer is the API server's 503 for a database SQLite reported locked."""
     if not answer or answer[0].get("status") != 503:
@@ -93,6 +118,10 @@ def _locked(answer: list[Message]) -> bool:
 
 def _on_sqlite() -> bool:
     return conf.get("database", "sql_alchemy_conn").startswith("sqlite")
+
+
+if _on_sqlite():
+    event.listen(Engine, "savepoint", begin_savepoint_immediately)
 
 
 class LockedWritesPlugin(AirflowPlugin):
