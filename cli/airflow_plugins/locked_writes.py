@@ -8,9 +8,10 @@ supported on SQLite under concurrent access"), so "Run Backfill" in the UI faile
 Python's sqlite3 opens a transaction only at its first write, so the reads before it are not the problem. A
 SAVEPOINT outside a transaction is: SQLite opens a deferred one, and Airflow creates each backfill run inside
 `session.begin_nested()`, reading before it writes. During a write request such a transaction therefore
-begins with BEGIN IMMEDIATE, which takes the write lock first and waits for it. A write still refused as
-locked (a path this does not cover) was rolled back, so it is replayed. On PostgreSQL (docker-compose.yaml)
-the plugin adds nothing.
+begins with BEGIN IMMEDIATE, which takes the write lock first and waits for it, and is committed at the
+savepoint's RELEASE, as SQLite commits the one a SAVEPOINT opened: the lock is held for one run, not for the
+whole backfill. A write still refused as locked (a path this does not cover) was rolled back, so it is
+replayed. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
@@ -35,6 +37,9 @@ LOCKED = b"database is locked"
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # set while the API server answers a write request; FastAPI's worker threads inherit it
 WRITE_REQUEST: ContextVar[bool] = ContextVar("lambdaflow_write_request", default=False)
+SAVEPOINT, RELEASE = "SAVEPOINT ", "RELEASE SAVEPOINT "
+# the savepoint each connection's immediate transaction was opened for (its savepoint names are unique)
+_OPENED_FOR: WeakKeyDictionary[Connection, str] = WeakKeyDictionary()
 
 
 class RetryLockedWrites:
@@ -46,6 +51,7 @@ class RetryLockedWrites:
         self, app: ASGIApp, budget_s: float = 15.0, first_wait_s: float = 0.05, longest_wait_s: float = 1.0
     ) -> None:
         self.app = app
+        listen_for_savepoints()
         self.budget_s = budget_s
         self.first_wait_s = first_wait_s
         self.longest_wait_s = longest_wait_s
@@ -102,11 +108,29 @@ class RetryLockedWrites:
         return answer
 
 
-def begin_savepoint_immediately(connection: Connection, name: str) -> None:
+def listen_for_savepoints() -> None:
+    """Open and commit the transactions of SAVEPOINTs in this process (the API server)."""
+    if not event.contains(Engine, "before_cursor_execute", begin_immediately):
+        event.listen(Engine, "before_cursor_execute", begin_immediately)
+        event.listen(Engine, "after_cursor_execute", commit_at_release)
+
+
+def begin_immediately(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
     """Before a SAVEPOINT that would open a deferred transaction in a write request, open an immediate one."""
     on_pysqlite = connection.dialect.name == "sqlite" and connection.dialect.driver == "pysqlite"
-    if WRITE_REQUEST.get() and on_pysqlite and not connection.connection.dbapi_connection.in_transaction:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if not (WRITE_REQUEST.get() and on_pysqlite and statement.startswith(SAVEPOINT)):
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    if not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+        _OPENED_FOR[connection] = statement.removeprefix(SAVEPOINT)
+
+
+def commit_at_release(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
+    """After the RELEASE of a savepoint whose transaction begin_immediately opened, commit it."""
+    if statement.startswith(RELEASE) and _OPENED_FOR.get(connection) == statement.removeprefix(RELEASE):
+        del _OPENED_FOR[connection]
+        connection.connection.dbapi_connection.commit()
 
 
 def _locked(answer: list[Message]) -> bool:
@@ -118,10 +142,6 @@ def _locked(answer: list[Message]) -> bool:
 
 def _on_sqlite() -> bool:
     return conf.get("database", "sql_alchemy_conn").startswith("sqlite")
-
-
-if _on_sqlite():
-    event.listen(Engine, "savepoint", begin_savepoint_immediately)
 
 
 class LockedWritesPlugin(AirflowPlugin):

@@ -1,9 +1,11 @@
 """The embedded stack's Airflow API server, its metadata on SQLite, creates every backfill asked of it while
 another process commits to the database all the time (as the scheduler and the DAG processor do, here more
-often than they do, so that without the plugin most backfills are refused)."""
+often than they do: with the replay alone most backfills were refused). First the plugin's transactions on
+a SQLite file: a savepoint that opens one holds the write lock from its start to its release."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -14,15 +16,66 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from cli.airflow_plugins.locked_writes import WRITE_REQUEST, listen_for_savepoints
 from cli.stack import Credential, airflow_env
 from lambdaflow.broker import free_port
 from lambdaflow.settings import load_settings
 from tests.conftest import ROOT, settings_env
 from tests.dags.conftest import airflow, running_airflow
 
-pytestmark = pytest.mark.integration
 BACKFILLS = 20
+
+
+def write_now(database: Path) -> None:
+    """A commit by another process, refused at once if the write lock is held."""
+    with contextlib.closing(sqlite3.connect(database, timeout=0)) as other, other:
+        other.execute("INSERT INTO runs VALUES ('other')")
+
+
+def names(database: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(database)) as reader:
+        return sorted(name for (name,) in reader.execute("SELECT name FROM runs"))
+
+
+@pytest.fixture
+def runs_database(tmp_path) -> Path:
+    database = tmp_path / "metadata.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE runs (name TEXT)")
+    listen_for_savepoints()
+    return database
+
+
+def test_outside_a_write_request_a_savepoint_that_reads_then_writes_is_refused(runs_database):
+    engine = create_engine(f"sqlite:///{runs_database}")
+    refused = pytest.raises(OperationalError, match="database is locked")
+    with engine.connect() as connection, connection.begin(), refused, connection.begin_nested():
+        connection.execute(text("SELECT count(*) FROM runs")).scalar_one()
+        write_now(runs_database)
+        connection.execute(text("INSERT INTO runs VALUES ('day 1')"))
+    assert names(runs_database) == ["other"]
+
+
+def test_in_a_write_request_each_savepoint_holds_the_lock_from_its_start_to_its_release(runs_database):
+    engine = create_engine(f"sqlite:///{runs_database}")
+    token = WRITE_REQUEST.set(True)
+    try:
+        with engine.connect() as connection, connection.begin():
+            for day in ("day 1", "day 2"):  # as Airflow creates a backfill's runs
+                with connection.begin_nested():
+                    connection.execute(text("SELECT count(*) FROM runs")).scalar_one()
+                    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                        write_now(runs_database)
+                    connection.execute(text("INSERT INTO runs VALUES (:day)"), {"day": day})
+                # committed at the release, before the outer transaction ends: another process writes at once
+                write_now(runs_database)
+            assert names(runs_database) == ["day 1", "day 2", "other", "other"]
+    finally:
+        WRITE_REQUEST.reset(token)
 
 
 def call(url: str, token: str = "", method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
@@ -37,7 +90,7 @@ def call(url: str, token: str = "", method: str = "GET", body: dict | None = Non
 
 
 class Committer(threading.Thread):
-    """Commits a row to the metadata database every few milliseconds, as another Airflow process would."""
+    """Commits a row to the metadata database every millisecond, as another Airflow process would."""
 
     def __init__(self, database: Path) -> None:
         super().__init__(daemon=True)
@@ -76,6 +129,7 @@ def api_server(tmp_path, migrated_sqlite_metadata):
         yield url, token["access_token"], database
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_every_backfill_is_created_while_another_process_commits(api_server):
     url, token, database = api_server
