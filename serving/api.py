@@ -94,6 +94,10 @@ class AnswerCache:
                 self.cache[key] = body
 
 
+# a view answer's error met before Flask (serving.fast_path): the route raises it rather than try again
+ANSWER_FAILED = "lambdaflow.answer_failed"
+
+
 def request_key(environ: Mapping[str, Any]) -> str:
     """A request's key in the answer cache: its path and query as the server gives them."""
     return f"{environ.get('PATH_INFO', '')}?{environ.get('QUERY_STRING', '')}"
@@ -169,6 +173,9 @@ def _add_view_route(view: View) -> None:
     parse = api.ARGUMENTS_PARSER.parse
 
     def answer(**path: str) -> Response:
+        failed = request.environ.get(ANSWER_FAILED)
+        if failed is not None:
+            raise failed
         answers: ViewAnswers = current_app.extensions["lambdaflow.answers"]
         key = request_key(request.environ)
         horizon, body = answers.cached(view.name, key)

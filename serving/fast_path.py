@@ -5,8 +5,8 @@ and JSON. A GET of a view route whose token (when the server has one) is in its 
 whose query has only the route's parameters, each once and valid, is answered here by the same
 `ViewAnswers`, parameter schema, limits and request metrics as the route. Every other request (HEAD, a
 cookie, a refusal, a bad parameter, an unknown subject, a store error) goes on to Flask, which answers it as
-it answers any request: an answer given here is Flask's, byte for byte. Such a request costs its work
-twice, which only errors do.
+it answers any request: an answer given here is Flask's, byte for byte. An unknown subject or a store error
+met here is handed to the route, which raises it rather than read the store again.
 
 The fast path runs the app's request hooks itself, so it knows them by name: an app with another hook, or
 with host-based routing or trusted hosts, is refused at start-up rather than answered without them.
@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import NotFound
 
 from lambdaflow.views import VIEWS, View
-from serving.api import VIEW_QUERIES, ViewAnswers, request_key
+from serving.api import ANSWER_FAILED, VIEW_QUERIES, ViewAnswers, request_key
 from serving.auth import bearer_token, token_matches
 from serving.errors import oversized
 from serving.metrics import STARTED, count_request
@@ -91,7 +91,8 @@ class ViewFastPath:
                 if args is None:
                     return None, ""
                 body = self.answers.answer(route.view, args, path, key, horizon)
-        except (NotFound, SQLAlchemyError):  # the error answer is Flask's
+        except (NotFound, SQLAlchemyError) as error:  # the error answer is Flask's, from this one try
+            environ[ANSWER_FAILED] = error
             return None, ""
         except Exception:  # a fault here must not cost the answer: Flask gives it, or its 500
             log.exception("the view fast path failed on %s; Flask answers it", environ.get("PATH_INFO"))

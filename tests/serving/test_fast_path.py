@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy import text
 from werkzeug.test import Client
 
+from lambdaflow import store
 from lambdaflow.settings import load_settings
+from serving import merge
 from serving.app import create_app
 from serving.fast_path import ViewFastPath
 from tests.serving.conftest import fill_store, serve_filled_store
@@ -115,6 +118,26 @@ def test_any_other_request_gets_flasks_answer(apps, method, url, headers, status
     assert int(expected[0][:3]) == status
     assert answer(client, method, url, headers) == expected
     assert len(reached) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [(f"/api/v1/sensors/s-nowhere/metrics?{ACROSS}", 404), (f"/api/v1/sensors/s-lab/metrics?{ACROSS}", 500)],
+    ids=["unknown subject", "store error"],
+)
+def test_an_error_met_before_flask_is_flasks_answer_from_one_read(apps, monkeypatch, url, status):
+    client, flask_alone, reached = apps
+    if status == 500:
+        engine = store.engine(client.application.extensions["lambdaflow.settings"].resolved_store_url)
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE {store.BATCH_TABLES['sensor_stats'].name}"))
+        engine.dispose()
+    expected = answer(flask_alone, "GET", url, AUTH)
+    assert int(expected[0][:3]) == status
+    reads, real = [], merge.merged_view
+    monkeypatch.setattr(merge, "merged_view", lambda *args, **kw: reads.append(args) or real(*args, **kw))
+    assert answer(client, "GET", url, AUTH) == expected
+    assert len(reads) == 1 and len(reached) == 1
 
 
 def test_a_fast_answer_is_counted_and_timed_under_its_route(apps):
