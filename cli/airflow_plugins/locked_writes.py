@@ -8,10 +8,11 @@ supported on SQLite under concurrent access"), so "Run Backfill" in the UI faile
 Python's sqlite3 opens a transaction only at its first write, so the reads before it are not the problem. A
 SAVEPOINT outside a transaction is: SQLite opens a deferred one, and Airflow creates each backfill run inside
 `session.begin_nested()`, reading before it writes. During a write request such a transaction therefore
-begins with BEGIN IMMEDIATE, which takes the write lock first and waits for it, and is committed at the
-savepoint's RELEASE, as SQLite commits the one a SAVEPOINT opened: the lock is held for one run, not for the
-whole backfill. A write still refused as locked (a path this does not cover) was rolled back, so it is
-replayed. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
+begins with BEGIN IMMEDIATE, which takes the write lock first and waits for it, and is committed when the
+savepoint ends (its RELEASE, as SQLite commits the one a SAVEPOINT opened, or a ROLLBACK TO it, which leaves
+the transaction empty): the lock is held for one run, not for the whole backfill. A request still answered
+503 "Database is locked" (a path this does not cover) is replayed: Airflow has rolled it back or, for a
+backfill, deleted what it had created. On PostgreSQL (docker-compose.yaml) the plugin adds nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ LOCKED = b"database is locked"
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # set while the API server answers a write request; FastAPI's worker threads inherit it
 WRITE_REQUEST: ContextVar[bool] = ContextVar("lambdaflow_write_request", default=False)
-SAVEPOINT, RELEASE = "SAVEPOINT ", "RELEASE SAVEPOINT "
+SAVEPOINT = "SAVEPOINT "
+ENDS = ("RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 # the savepoint each connection's immediate transaction was opened for (its savepoint names are unique)
 _OPENED_FOR: WeakKeyDictionary[Connection, str] = WeakKeyDictionary()
 
@@ -112,7 +114,7 @@ def listen_for_savepoints() -> None:
     """Open and commit the transactions of SAVEPOINTs in this process (the API server)."""
     if not event.contains(Engine, "before_cursor_execute", begin_immediately):
         event.listen(Engine, "before_cursor_execute", begin_immediately)
-        event.listen(Engine, "after_cursor_execute", commit_at_release)
+        event.listen(Engine, "after_cursor_execute", commit_at_its_end)
 
 
 def begin_immediately(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
@@ -126,9 +128,10 @@ def begin_immediately(connection: Connection, cursor: Any, statement: str, *_: A
         _OPENED_FOR[connection] = statement.removeprefix(SAVEPOINT)
 
 
-def commit_at_release(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
-    """After the RELEASE of a savepoint whose transaction begin_immediately opened, commit it."""
-    if statement.startswith(RELEASE) and _OPENED_FOR.get(connection) == statement.removeprefix(RELEASE):
+def commit_at_its_end(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
+    """After the end of a savepoint whose transaction begin_immediately opened, commit that transaction."""
+    opened_for = _OPENED_FOR.get(connection)
+    if opened_for is not None and any(statement == end + opened_for for end in ENDS):
         del _OPENED_FOR[connection]
         connection.connection.dbapi_connection.commit()
 

@@ -60,7 +60,7 @@ def test_outside_a_write_request_a_savepoint_that_reads_then_writes_is_refused(r
     assert names(runs_database) == ["other"]
 
 
-def test_in_a_write_request_each_savepoint_holds_the_lock_from_its_start_to_its_release(runs_database):
+def test_in_a_write_request_each_savepoint_holds_the_lock_from_its_start_to_its_end(runs_database):
     engine = create_engine(f"sqlite:///{runs_database}")
     token = WRITE_REQUEST.set(True)
     try:
@@ -73,7 +73,11 @@ def test_in_a_write_request_each_savepoint_holds_the_lock_from_its_start_to_its_
                     connection.execute(text("INSERT INTO runs VALUES (:day)"), {"day": day})
                 # committed at the release, before the outer transaction ends: another process writes at once
                 write_now(runs_database)
-            assert names(runs_database) == ["day 1", "day 2", "other", "other"]
+            with pytest.raises(ValueError), connection.begin_nested():  # a run rolled back to its savepoint
+                connection.execute(text("INSERT INTO runs VALUES ('day 3')"))
+                raise ValueError("the run exists")
+            write_now(runs_database)
+            assert names(runs_database) == ["day 1", "day 2", "other", "other", "other"]
     finally:
         WRITE_REQUEST.reset(token)
 
