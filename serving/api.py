@@ -173,7 +173,7 @@ def _add_view_route(view: View) -> None:
     parse = api.ARGUMENTS_PARSER.parse
 
     def answer(**path: str) -> Response:
-        failed = request.environ.get(ANSWER_FAILED)
+        failed = request.environ.pop(ANSWER_FAILED, None)  # popped: the error's frames refer to the environ
         if failed is not None:
             raise failed
         answers: ViewAnswers = current_app.extensions["lambdaflow.answers"]
