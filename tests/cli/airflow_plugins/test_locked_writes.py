@@ -1,7 +1,7 @@
 """The embedded stack's Airflow API server, its metadata on SQLite, creates every backfill asked of it while
 another process commits to the database all the time (as the scheduler and the DAG processor do, here more
 often than they do: with the replay alone most backfills were refused). First the plugin's transactions on
-a SQLite file: a savepoint that opens one holds the write lock from its start to its release."""
+a SQLite file: a savepoint that opens one holds the write lock from its start to its end."""
 
 from __future__ import annotations
 
